@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Literal
 
 from telemon.models import Observation
@@ -36,7 +36,7 @@ class ParseContext:
 
     @property
     def tz(self) -> tzinfo:
-        return self.device_tz or self.received.tzinfo or timezone.utc
+        return self.device_tz or self.received.tzinfo or UTC
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -40,6 +41,16 @@ def as_series(values, name: str = "values") -> np.ndarray:
     return arr
 
 
+def limit_order_problem(limits: dict) -> str | None:
+    """Why limits given in order red_low, yellow_low, yellow_high, red_high (None = unset)
+    are not ordered, or None when they are."""
+    present = [(k, v) for k, v in limits.items() if v is not None]
+    for (k1, v1), (k2, v2) in itertools.pairwise(present):
+        if v1 > v2:
+            return f"limits out of order: {k1}={v1} > {k2}={v2}"
+    return None
+
+
 def limit_bands(values, *, red_low=None, yellow_low=None, yellow_high=None, red_high=None):
     """Where each value lies against four limits: -2 below red_low, -1 below yellow_low,
     0 inside, 1 above yellow_high, 2 above red_high, NO_VALUE for NaN.
@@ -53,10 +64,8 @@ def limit_bands(values, *, red_low=None, yellow_low=None, yellow_high=None, red_
     for key, limit in named.items():
         if limit is not None and (not isinstance(limit, (int, float)) or math.isnan(limit)):
             raise ValueError(f"{key}: must be a number or None, got {limit!r}")
-    present = [(k, float(v)) for k, v in named.items() if v is not None]
-    for (k1, v1), (k2, v2) in zip(present, present[1:], strict=False):
-        if v1 > v2:
-            raise ValueError(f"limits out of order: {k1}={v1} > {k2}={v2}")
+    if problem := limit_order_problem(named):
+        raise ValueError(problem)
     nan = math.nan
     return _impl.limit_bands(
         arr,

@@ -17,8 +17,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from telemon import dsp
+
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+\Z")]
 """Pseudonymous identifiers only: never a CPR number or a name (they travel in MQTT topics)."""
 
 
@@ -157,26 +159,25 @@ class LimitSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     red_high: Decimal | None = None
 
     def __post_init__(self) -> None:
-        named = [("red_low", self.red_low), ("yellow_low", self.yellow_low),
-                 ("yellow_high", self.yellow_high), ("red_high", self.red_high)]
-        present = [(k, v) for k, v in named if v is not None]
-        for (k1, v1), (k2, v2) in zip(present, present[1:], strict=False):
-            if v1 > v2:
-                raise ValueError(f"{k1} ({v1}) must not be above {k2} ({v2})")
+        if problem := dsp.limit_order_problem({f: getattr(self, f)
+                                               for f in self.__struct_fields__}):
+            raise ValueError(problem)
+
+    def as_floats(self) -> dict[str, float | None]:
+        """The limits as keyword arguments for telemon.dsp.limit_bands."""
+        return {f: None if getattr(self, f) is None else float(getattr(self, f))
+                for f in self.__struct_fields__}
 
     def classify(self, value: Decimal | float | None) -> Triage:
         """The triage of one value against these limits; no value counts as green here."""
-        if value is None or value != value:  # NaN is the one value unequal to itself
+        if value is None:
             return Triage.GREEN
-        if (self.red_low is not None and value < self.red_low) or (
-            self.red_high is not None and value > self.red_high
-        ):
-            return Triage.RED
-        if (self.yellow_low is not None and value < self.yellow_low) or (
-            self.yellow_high is not None and value > self.yellow_high
-        ):
-            return Triage.YELLOW
-        return Triage.GREEN
+        return BAND_TRIAGE[int(dsp.limit_bands([float(value)], **self.as_floats())[0])]
+
+
+BAND_TRIAGE = {-2: Triage.RED, -1: Triage.YELLOW, 0: Triage.GREEN, 1: Triage.YELLOW,
+               2: Triage.RED, dsp.NO_VALUE: Triage.GREEN}
+"""Triage of each band telemon.dsp.limit_bands returns."""
 
 
 class LimitVersion(Record, tag="limit_version"):

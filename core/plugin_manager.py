@@ -65,7 +65,7 @@ def make_plugin_manager(only: set[str] | None = None) -> tuple[pluggy.PluginMana
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _in_load_order(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)):
         if only is not None and ep.name not in only:
             continue
         if pm.has_plugin(ep.name):
@@ -90,12 +90,18 @@ def make_plugin_manager(only: set[str] | None = None) -> tuple[pluggy.PluginMana
     return pm, registry
 
 
+def _in_load_order(eps) -> list[importlib.metadata.EntryPoint]:
+    """Built-ins first, then third parties by name: which plugin keeps a contested name
+    must not depend on the order of sys.path."""
+    return sorted(eps, key=lambda ep: (ep.dist is None or ep.dist.name != "telemon", ep.name))
+
+
 def _drop_unknown_hooks(pm: pluggy.PluginManager, registry: Registry) -> None:
     """Unregister plugins whose hooks match no spec (a typo in a hook name), saying which."""
     for name, caller in vars(pm.hook).items():
         if isinstance(caller, pluggy.HookCaller) and caller.spec is None:
             for impl in caller.get_hookimpls():
-                if impl.hookimpl_opts.get("optionalhook"):
+                if impl.optionalhook:
                     continue
                 registry.errors.append(PluginError(impl.plugin_name,
                                                    f"implements unknown hook {name!r}"))

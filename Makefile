@@ -1,0 +1,46 @@
+# Two commands on a fresh machine with only Python 3.11+:  make demo  and  make test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Debian packages the tests need: Mosquitto is the real MQTT broker of the broker tests.
+DEBIAN_PACKAGES := mosquitto
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# Build dependencies go into the venv first so the Cython extension is built once, in place.
+$(VENV)/.installed: pyproject.toml setup.py cext/_core.pyx
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "setuptools>=77" "cython>=3.1" "numpy>=2.0"
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@
+
+system-packages:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+demo: setup
+	$(BIN)/telemon plugins
+	$(BIN)/telemon config check examples/edge.toml
+	$(BIN)/telemon config check examples/central.toml
+
+lint: setup
+	$(BIN)/ruff check .
+
+# The suite runs twice: with the compiled core, then with the pure-Python reference.
+test: setup system-packages lint
+	$(BIN)/pytest
+	TELEMON_PUREPYTHON=1 $(BIN)/pytest
+	$(BIN)/pytest benchmarks --benchmark-disable -q
+
+bench: setup
+	$(BIN)/pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,ops
+
+clean:
+	rm -rf $(VENV) build *.egg-info cext/_core.c cext/*.so

@@ -1,0 +1,495 @@
+"""Storage: one SQLite database through sqlite-utils.
+
+The file is created owner-only (0600) and opened in WAL mode with foreign keys on. Its schema
+is built by an ordered list of migrations (`MIGRATIONS`), each applied once, in its own
+transaction together with its row in `_migrations`, so a crash part-way leaves nothing half
+applied. Times are stored as fixed-width UTC ISO 8601 text (so text order is time order),
+decimals as text (so 2.0 stays 2.0), structures as JSON, and every observation also keeps
+its full wire form and its raw device bytes: nothing that arrived is ever lost.
+
+Every write function is one transaction. To make several of them one transaction, wrap
+them in `transaction(db)`; the inner ones then become savepoints of the outer one.
+Audit trails (alarm events, consent events, limit versions) are append-only: triggers
+refuse to change or delete them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+
+import msgspec
+import pluggy
+import sqlite_utils
+
+from telemon import wire
+from telemon.models import (
+    Alarm,
+    Code,
+    ConsentEvent,
+    Enrolment,
+    LimitSet,
+    LimitVersion,
+    Observation,
+    QuestionnaireResponse,
+    Record,
+)
+from telemon.plugin_manager import PluginError, call_each
+
+logger = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+
+_json_encoder = msgspec.json.Encoder(decimal_format="number")  # as the wire: 2.0 stays 2.0
+
+
+# --- opening ------------------------------------------------------------------------------
+
+
+def open_database(path: str | os.PathLike[str], *,
+                  pm: pluggy.PluginManager | None = None) -> sqlite_utils.Database:
+    """Open (or create, owner-only) the database at `path`, bring its schema up to date and
+    let the plugins of `pm` prepare their own tables. A plugin that fails is logged with its
+    name; the database still opens."""
+    if os.fspath(path) != ":memory:":
+        with contextlib.suppress(FileExistsError):  # O_EXCL: never loosen an existing file
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    db = sqlite_utils.Database(path)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")  # wait for a concurrent writer
+    db.execute("PRAGMA foreign_keys = ON")
+    if db.execute("PRAGMA foreign_keys").fetchone()[0] != 1:
+        raise RuntimeError("this SQLite cannot enforce foreign keys")
+    db.enable_wal()  # readers (the dashboard) never block the writer (ingest), and vice versa
+    if db.journal_mode != "wal" and not db.memory:
+        logger.warning("%s: WAL mode is not available here (journal mode %s)",
+                       path, db.journal_mode)
+    # FULL, not NORMAL: with WAL, NORMAL survives a killed process but may lose the last
+    # commits on power loss, and the central acknowledges a message to the broker as soon as
+    # it has committed it — a commit must therefore be on disk. WAL keeps FULL cheap: one
+    # sync of the log per transaction, and writes are batched into transactions.
+    db.execute("PRAGMA synchronous = FULL")
+    migrate(db)
+    if pm is not None:
+        _prepare_plugins(db, pm)
+    return db
+
+
+def _prepare_plugins(db: sqlite_utils.Database, pm: pluggy.PluginManager) -> None:
+    """Call each plugin's prepare_database; log each failure with the plugin's name. A
+    transaction a plugin leaves open is rolled back before the next plugin gets the database,
+    so it can neither swallow the next plugin's tables nor every later write."""
+    errors: list[PluginError] = []
+    previous: str | None = None
+
+    def offer(plugin: str) -> dict[str, sqlite_utils.Database]:
+        nonlocal previous
+        _roll_back_leftover(db, previous)
+        previous = plugin
+        return {"db": db}
+
+    call_each(pm, "prepare_database", errors, offer)
+    _roll_back_leftover(db, previous)
+    for error in errors:
+        logger.error("%s", error)
+
+
+def _roll_back_leftover(db: sqlite_utils.Database, plugin: str | None) -> None:
+    if plugin is not None and db.conn.in_transaction:
+        logger.error("plugin %r: prepare_database left a transaction open; rolled it back",
+                     plugin)
+        db.rollback()
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """One write transaction: commit if the block succeeds, roll back if anything raises.
+
+    It starts with BEGIN IMMEDIATE, taking the write lock up front (waiting up to the busy
+    timeout), so a transaction that reads and then writes (the next limit version) cannot
+    fail half-way on a concurrent writer. Inside another transaction it is a savepoint.
+    (Not `with db.conn:`: sqlite-utils commits a statement that opened an implicit
+    transaction, which would split the block into several transactions.)
+    """
+    if db.conn.in_transaction:
+        with db.atomic():
+            yield db
+        return
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.conn.execute("COMMIT")
+    except BaseException:
+        db.rollback()
+        raise
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def _append_only(table: str, columns: str = "") -> str:
+    """Triggers refusing to update (the given columns of) or delete rows of `table`."""
+    of = f" OF {columns}" if columns else ""
+    return f"""
+        CREATE TRIGGER {table}_no_update BEFORE UPDATE{of} ON {table}
+        BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+        CREATE TRIGGER {table}_no_delete BEFORE DELETE ON {table}
+        BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END;
+    """
+
+
+def m001_initial(db: sqlite_utils.Database) -> None:
+    """The initial schema."""
+    db.executescript("""
+        CREATE TABLE observations (
+            id TEXT PRIMARY KEY,
+            patient TEXT NOT NULL,
+            device TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            code_system TEXT NOT NULL,
+            code TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            value TEXT,                    -- the Decimal as text: the device's precision
+            absent TEXT,                   -- why there is no value (AbsentReason)
+            components TEXT NOT NULL,      -- JSON
+            flags TEXT NOT NULL,           -- JSON
+            context TEXT NOT NULL,         -- JSON
+            raw BLOB NOT NULL,             -- the device's bytes
+            driver TEXT NOT NULL,
+            driver_version TEXT NOT NULL,
+            effective TEXT NOT NULL,       -- device clock, UTC
+            received TEXT NOT NULL,        -- central clock, UTC
+            wire TEXT NOT NULL             -- the whole record, telemon.wire JSON
+        );
+        CREATE INDEX observations_patient_code_effective
+            ON observations (patient, code, effective);
+
+        CREATE TABLE questionnaire_responses (
+            id TEXT PRIMARY KEY,
+            patient TEXT NOT NULL,
+            gateway TEXT NOT NULL,
+            questionnaire TEXT NOT NULL,
+            version TEXT NOT NULL,
+            authored TEXT NOT NULL,
+            received TEXT NOT NULL,
+            answers TEXT NOT NULL,         -- JSON
+            scores TEXT NOT NULL,          -- JSON
+            wire TEXT NOT NULL
+        );
+        CREATE INDEX questionnaire_responses_patient_authored
+            ON questionnaire_responses (patient, authored);
+
+        CREATE TABLE alarms (
+            id TEXT PRIMARY KEY,
+            patient TEXT NOT NULL,
+            module TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            severity TEXT NOT NULL CHECK (severity IN ('red', 'yellow', 'missing')),
+            state TEXT NOT NULL CHECK (state IN ('open', 'acknowledged', 'resolved')),
+            raised TEXT NOT NULL,
+            message TEXT NOT NULL,
+            observations TEXT NOT NULL,    -- JSON: ids
+            limits TEXT                    -- JSON: the LimitSet applied, if any
+        );
+        CREATE INDEX alarms_patient_raised ON alarms (patient, raised);
+
+        CREATE TABLE alarm_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            alarm_id TEXT NOT NULL REFERENCES alarms (id),
+            at TEXT NOT NULL,
+            action TEXT NOT NULL
+                CHECK (action IN ('raised', 'acknowledged', 'resolved', 'escalated', 'note')),
+            "by" TEXT NOT NULL,
+            note TEXT NOT NULL
+        );
+        CREATE INDEX alarm_events_alarm_id ON alarm_events (alarm_id);
+
+        CREATE TABLE enrolments (
+            patient TEXT NOT NULL,
+            organisation TEXT NOT NULL,
+            modules TEXT NOT NULL,         -- JSON
+            gateways TEXT NOT NULL,        -- JSON
+            enrolled TEXT,
+            PRIMARY KEY (patient, organisation)
+        );
+
+        CREATE TABLE limits (
+            patient TEXT NOT NULL,
+            code_system TEXT NOT NULL,
+            code TEXT NOT NULL,
+            code_display TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            limits TEXT NOT NULL,          -- JSON: LimitSet
+            valid_from TEXT NOT NULL,
+            valid_to TEXT,                 -- set when the next version starts
+            author TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (patient, code_system, code, version)
+        );
+
+        CREATE TABLE consent_events (
+            id TEXT PRIMARY KEY,
+            patient TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            granted INTEGER NOT NULL CHECK (granted IN (0, 1)),
+            at TEXT NOT NULL,
+            recorded_by TEXT NOT NULL
+        );
+        CREATE INDEX consent_events_patient_at ON consent_events (patient, at);
+
+        CREATE TABLE quarantine (
+            id INTEGER PRIMARY KEY,
+            received TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            payload BLOB NOT NULL          -- the exact bytes, kept for inspection
+        );
+    """ + _append_only("alarm_events") + _append_only("consent_events")
+        + _append_only("limits", "patient, code_system, code, code_display, version, limits, "
+                                 "valid_from, author, reason"))
+
+
+def m002_quarantine_source(db: sqlite_utils.Database) -> None:
+    """Say where quarantined input came from ("mqtt:<topic>", "driver:<name>", "config")."""
+    db.execute("ALTER TABLE quarantine ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    m001_initial,
+    m002_quarantine_source,
+]
+"""Applied in this order, each once. Append only; never edit one that has been released.
+A migration runs inside a transaction, so it uses statements valid there (plain SQL DDL)."""
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply the migrations this database has not had yet, in order; return their names."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    applied = []
+    for migration in MIGRATIONS:
+        name = migration.__name__
+        with transaction(db):  # re-checked under the write lock: two processes may race
+            if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone():
+                continue
+            migration(db)
+            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
+                       [name, _utc(datetime.now(UTC))])
+        logger.info("database migration %s applied", name)
+        applied.append(name)
+    known = {m.__name__ for m in MIGRATIONS}
+    unknown = [r[0] for r in db.execute("SELECT name FROM _migrations") if r[0] not in known]
+    if unknown:
+        logger.warning("database has migrations this telemon does not know (newer version?): "
+                       "%s", ", ".join(sorted(unknown)))
+    return applied
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def store_observations(db: sqlite_utils.Database, observations: Iterable[Observation], *,
+                       received: datetime | None = None) -> int:
+    """Store observations in one transaction; an id already stored is skipped (re-delivery
+    is harmless). A record without a received time gets `received` (default: now, UTC).
+    Return how many were new."""
+    received = received or datetime.now(UTC)
+    new = 0
+    with transaction(db):
+        for obs in observations:
+            if obs.received is None:
+                obs = msgspec.structs.replace(obs, received=received)
+            new += _insert(db, "observations", _observation_row(obs), "ON CONFLICT (id) DO NOTHING")
+    return new
+
+
+def store_record(db: sqlite_utils.Database, record: Record) -> Record:
+    """Store any record in one transaction and return it as stored.
+
+    Observations, questionnaire responses and consent events are kept once per id. An alarm
+    is inserted or has its state updated, and the events of its trail not yet stored are
+    appended (the stored trail must be the start of the given one). An enrolment replaces
+    the modules and gateways of the same patient and organisation. A limit version gets the
+    next version number for its patient and code, and ends the current version.
+    """
+    with transaction(db):
+        match record:
+            case Observation():
+                store_observations(db, [record])
+            case QuestionnaireResponse():
+                if record.received is None:
+                    record = msgspec.structs.replace(record, received=datetime.now(UTC))
+                _insert(db, "questionnaire_responses", _questionnaire_row(record),
+                        "ON CONFLICT (id) DO NOTHING")
+            case Alarm():
+                _store_alarm(db, record)
+            case Enrolment():
+                _insert(db, "enrolments", _enrolment_row(record),
+                        "ON CONFLICT (patient, organisation) DO UPDATE SET modules = "
+                        "excluded.modules, gateways = excluded.gateways, "
+                        "enrolled = COALESCE(excluded.enrolled, enrolments.enrolled)")
+            case LimitVersion():
+                record = _store_limit_version(db, record)
+            case ConsentEvent():
+                _insert(db, "consent_events", _consent_row(record), "ON CONFLICT (id) DO NOTHING")
+            case _:
+                raise TypeError(f"cannot store a {type(record).__name__}")
+    return record
+
+
+def quarantine(db: sqlite_utils.Database, *, source: str, reason: str, payload: bytes) -> int:
+    """Keep input that could not be used, with where it came from and why; return its id."""
+    with transaction(db):
+        cursor = db.execute(
+            "INSERT INTO quarantine (received, source, reason, payload) VALUES (?, ?, ?, ?)",
+            [_utc(datetime.now(UTC)), source, reason, bytes(payload)])
+    return cursor.lastrowid
+
+
+def _store_alarm(db: sqlite_utils.Database, alarm: Alarm) -> None:
+    _insert(db, "alarms", _alarm_row(alarm),
+            "ON CONFLICT (id) DO UPDATE SET state = excluded.state")
+    stored = db.execute('SELECT at, action, "by", note FROM alarm_events WHERE alarm_id = ? '
+                        "ORDER BY id", [alarm.id]).fetchall()
+    given = [(_utc(e.at), e.action, e.by, e.note) for e in alarm.events]
+    if given[:len(stored)] != stored:
+        raise ValueError(f"alarm {alarm.id}: its stored audit trail ({len(stored)} events) is "
+                         "not the start of the given one; the trail is append-only")
+    for at, action, by, note in given[len(stored):]:
+        _insert(db, "alarm_events", {"alarm_id": alarm.id, "at": at, "action": action,
+                                     "by": by, "note": note})
+
+
+def _store_limit_version(db: sqlite_utils.Database, new: LimitVersion) -> LimitVersion:
+    key = [new.patient, new.code.system, new.code.code]
+    where = "patient = ? AND code_system = ? AND code = ?"
+    current = db.execute(f"SELECT version, valid_from FROM limits WHERE {where} "
+                         "ORDER BY version DESC LIMIT 1", key).fetchone()
+    valid_from = _utc(new.valid_from)
+    version = 1
+    if current is not None:
+        version = current[0] + 1
+        if valid_from < current[1]:
+            raise ValueError(f"limits for {new.patient} {new.code.code} valid from {valid_from} "
+                             f"would start before the current version (from {current[1]})")
+        # the current version ends when the new one starts (or earlier, if it already ended)
+        db.execute(f"UPDATE limits SET valid_to = MIN(COALESCE(valid_to, ?), ?) "
+                   f"WHERE {where} AND version = ?", [valid_from, valid_from, *key, current[0]])
+    new = msgspec.structs.replace(new, version=version)
+    _insert(db, "limits", {
+        "patient": new.patient, "code_system": new.code.system, "code": new.code.code,
+        "code_display": new.code.display, "version": version, "limits": _json(new.limits),
+        "valid_from": valid_from, "valid_to": _utc(new.valid_to) if new.valid_to else None,
+        "author": new.author, "reason": new.reason,
+    })
+    return new
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def get_observation(db: sqlite_utils.Database, id: str) -> Observation:
+    """The stored observation with this id, exactly as stored; KeyError if there is none."""
+    row = db.execute("SELECT wire FROM observations WHERE id = ?", [id]).fetchone()
+    if row is None:
+        raise KeyError(id)
+    record = wire.decode(row[0].encode())
+    assert isinstance(record, Observation)
+    return record
+
+
+def limit_history(db: sqlite_utils.Database, patient: str, code: Code) -> list[LimitVersion]:
+    """Every version of a patient's limits for one code, oldest first."""
+    rows = db.execute(
+        "SELECT code_display, version, limits, valid_from, valid_to, author, reason FROM limits "
+        "WHERE patient = ? AND code_system = ? AND code = ? ORDER BY version",
+        [patient, code.system, code.code])
+    return [
+        LimitVersion(patient=patient, code=Code(code.system, code.code, display),
+                     limits=msgspec.json.decode(limits, type=LimitSet),
+                     valid_from=datetime.fromisoformat(valid_from),
+                     valid_to=datetime.fromisoformat(valid_to) if valid_to else None,
+                     author=author, reason=reason, version=version)
+        for display, version, limits, valid_from, valid_to, author, reason in rows
+    ]
+
+
+def consent_history(db: sqlite_utils.Database, patient: str) -> list[ConsentEvent]:
+    """A patient's consent events in the order they happened."""
+    rows = db.execute("SELECT id, purpose, granted, at, recorded_by FROM consent_events "
+                      "WHERE patient = ? ORDER BY at, rowid", [patient])
+    return [ConsentEvent(id=id_, patient=patient, purpose=purpose, granted=bool(granted),
+                         at=datetime.fromisoformat(at), recorded_by=recorded_by)
+            for id_, purpose, granted, at, recorded_by in rows]
+
+
+# --- rows ---------------------------------------------------------------------------------
+
+
+def _insert(db: sqlite_utils.Database, table: str, row: dict, conflict: str = "") -> int:
+    """INSERT one row (with an optional ON CONFLICT clause); return the rows changed."""
+    columns = ", ".join(f'"{c}"' for c in row)
+    values = ", ".join(f":{c}" for c in row)
+    return db.execute(f"INSERT INTO {table} ({columns}) VALUES ({values}) {conflict}",
+                      row).rowcount
+
+
+def _utc(moment: datetime) -> str:
+    """Fixed-width UTC ISO 8601, so that text order is time order."""
+    if moment.tzinfo is None:
+        raise ValueError(f"a naive time cannot be stored: {moment.isoformat()}")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _json(value: object) -> str:
+    return _json_encoder.encode(value).decode()
+
+
+def _observation_row(obs: Observation) -> dict:
+    assert obs.received is not None
+    return {
+        "id": obs.id, "patient": obs.patient, "device": obs.device, "gateway": obs.gateway,
+        "code_system": obs.code.system, "code": obs.code.code, "unit": obs.unit,
+        "value": None if obs.value is None else str(obs.value),
+        "absent": None if obs.absent is None else str(obs.absent),
+        "components": _json(obs.components), "flags": _json(obs.flags),
+        "context": _json(obs.context), "raw": obs.raw, "driver": obs.driver,
+        "driver_version": obs.driver_version, "effective": _utc(obs.effective),
+        "received": _utc(obs.received), "wire": wire.encode(obs).decode(),
+    }
+
+
+def _questionnaire_row(qr: QuestionnaireResponse) -> dict:
+    assert qr.received is not None
+    return {
+        "id": qr.id, "patient": qr.patient, "gateway": qr.gateway,
+        "questionnaire": qr.questionnaire, "version": qr.version,
+        "authored": _utc(qr.authored), "received": _utc(qr.received),
+        "answers": _json(qr.answers), "scores": _json(qr.scores),
+        "wire": wire.encode(qr).decode(),
+    }
+
+
+def _alarm_row(alarm: Alarm) -> dict:
+    return {
+        "id": alarm.id, "patient": alarm.patient, "module": alarm.module, "rule": alarm.rule,
+        "severity": alarm.severity, "state": alarm.state, "raised": _utc(alarm.raised),
+        "message": alarm.message, "observations": _json(alarm.observations),
+        "limits": None if alarm.limits is None else _json(alarm.limits),
+    }
+
+
+def _enrolment_row(enrolment: Enrolment) -> dict:
+    return {
+        "patient": enrolment.patient, "organisation": enrolment.organisation,
+        "modules": _json(enrolment.modules), "gateways": _json(enrolment.gateways),
+        "enrolled": _utc(enrolment.enrolled) if enrolment.enrolled else None,
+    }
+
+
+def _consent_row(event: ConsentEvent) -> dict:
+    return {
+        "id": event.id, "patient": event.patient, "purpose": event.purpose,
+        "granted": int(event.granted), "at": _utc(event.at), "recorded_by": event.recorded_by,
+    }
+
