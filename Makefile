@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 setup: $(VENV)/.installed
 
 # Build dependencies go into the venv first so the Cython extension is built once, in place.
-$(VENV)/.installed: pyproject.toml setup.py cext/_core.pyx
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard cext/*.pyx)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "setuptools>=77" "cython>=3.1" "numpy>=2.0"
@@ -43,4 +43,4 @@ bench: setup
 	$(BIN)/pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,ops
 
 clean:
-	rm -rf $(VENV) build *.egg-info cext/_core.c cext/*.so
+	rm -rf $(VENV) build *.egg-info cext/*.c cext/*.so

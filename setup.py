@@ -1,23 +1,20 @@
-"""Declares the Cython extension only; all metadata lives in pyproject.toml."""
+"""Declares the Cython extensions only (every cext/*.pyx); metadata lives in pyproject.toml."""
 
-import numpy
+from pathlib import Path
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = [
-    Extension(
-        "telemon.cext._core",
-        ["cext/_core.pyx"],
-        include_dirs=[numpy.get_include()],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        extra_compile_args=["-O3"],
-    ),
+    Extension(f"telemon.cext.{pyx.stem}", [str(pyx)], extra_compile_args=["-O3"])
+    for pyx in sorted(Path("cext").glob("*.pyx"))
 ]
 
 setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
-        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
+                             "initializedcheck": False},
     ),
 )

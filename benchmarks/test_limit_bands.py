@@ -5,10 +5,10 @@ import math
 
 import pytest
 
-from telemon.cext import reference
+from telemon.cext import series_reference as reference
 
 LIMITS = (88.0, 90.0, 100.0, 110.0)
-compiled = pytest.importorskip("telemon.cext._core", reason="compiled core not built")
+compiled = pytest.importorskip("telemon.cext._series", reason="compiled kernels not built")
 
 
 def python_loop(values, red_low, yellow_low, yellow_high, red_high):

@@ -11,7 +11,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-PROBE = """
+KERNELS = sorted(p.stem for p in (ROOT / "cext").glob("*.pyx"))
+PROBE = f"KERNELS = {KERNELS!r}\n" + """
 import importlib.util, json
 import telemon, telemon.cext, telemon.plugins, telemon.tui, telemon.dsp
 print(json.dumps({
@@ -19,7 +20,8 @@ print(json.dumps({
                                                                      "cext")},
     "telemon": telemon.__file__,
     "implementation": telemon.dsp.IMPLEMENTATION,
-    "core_module": getattr(importlib.util.find_spec("telemon.cext._core"), "origin", None),
+    "kernels": {name: importlib.util.find_spec(f"telemon.cext.{name}").origin
+                for name in KERNELS},
 }))
 """
 
@@ -36,7 +38,7 @@ def test_installed_package_has_one_namespace_and_uses_the_compiled_core(tmp_path
     found = probe(tmp_path)
     assert found["top_level"] == {"core": False, "plugins": False, "tui": False, "cext": False}
     assert found["implementation"] == "compiled"
-    assert found["core_module"].endswith(".so")
+    assert KERNELS and all(origin.endswith(".so") for origin in found["kernels"].values())
 
 
 @pytest.mark.slow
@@ -49,7 +51,8 @@ def test_a_regular_pip_install_works_too(tmp_path):
     found = probe(tmp_path, PYTHONPATH=str(target))
     assert found["telemon"].startswith(str(target))
     assert found["implementation"] == "compiled"
-    assert found["core_module"].startswith(str(target)) and found["core_module"].endswith(".so")
+    for origin in found["kernels"].values():
+        assert origin.startswith(str(target)) and origin.endswith(".so")
     listed = subprocess.run([sys.executable, "-m", "telemon", "plugins", "--json"],
                             env={**os.environ, "PYTHONPATH": str(target)}, cwd=tmp_path,
                             capture_output=True, text=True, check=True).stdout

@@ -1,4 +1,4 @@
-"""Pure-Python/NumPy reference of the compiled core: the same functions, the same answers.
+"""NumPy reference of the compiled series kernels (_series.pyx): same functions, same answers.
 
 Selected with TELEMON_PUREPYTHON=1; the suite runs both ways and compares them directly.
 """

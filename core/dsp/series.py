@@ -1,32 +1,19 @@
-"""Signal-processing API: validates inputs once, then calls the compiled core.
-
-`TELEMON_PUREPYTHON=1` selects the NumPy reference instead (the suite runs both ways).
-`IMPLEMENTATION` says which one this process uses.
-"""
+"""Kernels over timestamped series: limits, thresholds, rolling statistics, trends."""
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
 
 import numpy as np
 
-from telemon.cext import reference
+from telemon.dsp._select import kernels
 
-if os.environ.get("TELEMON_PUREPYTHON") == "1":
-    _impl = reference
-    IMPLEMENTATION = "reference"
-else:
-    try:
-        from telemon.cext import _core as _impl
-    except ImportError:  # not built (e.g. a source checkout without `pip install`)
-        _impl = reference
-        IMPLEMENTATION = "reference"
-    else:
-        IMPLEMENTATION = "compiled"
+_k = kernels("series")
 
-NO_VALUE = reference.NO_VALUE
+__all__ = ["NO_VALUE", "as_series", "limit_bands", "limit_order_problem"]
+
+NO_VALUE = -128
 """Band of a NaN sample: there is no value to compare."""
 
 
@@ -67,7 +54,7 @@ def limit_bands(values, *, red_low=None, yellow_low=None, yellow_high=None, red_
     if problem := limit_order_problem(named):
         raise ValueError(problem)
     nan = math.nan
-    return _impl.limit_bands(
+    return _k.limit_bands(
         arr,
         nan if red_low is None else float(red_low),
         nan if yellow_low is None else float(yellow_low),

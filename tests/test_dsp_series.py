@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from telemon import dsp
-from telemon.cext import reference
+from telemon.cext import series_reference as reference
 
-compiled = pytest.importorskip("telemon.cext._core", reason="compiled core not built")
+compiled = pytest.importorskip("telemon.cext._series", reason="compiled kernels not built")
 
 LIMITS = dict(red_low=88.0, yellow_low=90.0, yellow_high=100.0, red_high=110.0)
 ORDER = ("red_low", "yellow_low", "yellow_high", "red_high")

@@ -1,7 +1,7 @@
 # cython: language_level=3
-"""Compiled signal-processing core. Called only through telemon.dsp, which validates inputs.
+"""Compiled kernels over timestamped series. Called only through telemon.dsp, which validates.
 
-Every function here has a twin of the same name in reference.py; the suite checks they agree.
+Every function here has a twin of the same name in series_reference.py; the suite compares them.
 """
 
 import numpy as np
