@@ -8,10 +8,10 @@ calls the parser; it never lives in the parser.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Literal
+from typing import Literal, Protocol
 
 from telemon.models import Observation
 
@@ -33,6 +33,8 @@ class ParseContext:
     gateway: str
     received: datetime  # gateway clock, used when the device sends no time of its own
     device_tz: tzinfo | None = None  # the zone the device clock is set to; None: received's
+    source: str = ""  # where the frame came from: the BLE characteristic UUID, or the port
+    features: Mapping[str, bytes] = field(default_factory=dict)  # BLE values read at connect
 
     @property
     def tz(self) -> tzinfo:
@@ -44,7 +46,9 @@ class BleMatch:
     """A BLE device is ours when it advertises one of these services (or its name matches)."""
 
     service_uuids: tuple[str, ...]
-    characteristic: str  # the characteristic whose values the parser decodes, e.g. "2a35"
+    characteristics: tuple[str, ...]  # notified/indicated; their values go to the parser
+    reads: tuple[str, ...] = ()  # read once at connect (e.g. a feature characteristic);
+    # the parser finds them in ParseContext.features
     local_name: str | None = None  # regular expression on the advertised local name
 
 
@@ -62,6 +66,45 @@ class SerialSettings:
     stopbits: float = 1
 
 
+class Framer(Protocol):
+    """Splits a serial byte stream into frames for the parser. Pure and stateful: one per
+    connection. Bytes that fit no frame (lost sync, bad checksum) come back as FrameError
+    items, with the reason, and the framer resynchronises; it never raises."""
+
+    def feed(self, data: bytes) -> list[bytes | FrameError]: ...
+
+
+class LineFramer:
+    """Frames of devices that send one text line per reading, ending in `terminator`.
+    A line longer than `max_length` is noise or lost sync: it is reported and dropped."""
+
+    def __init__(self, terminator: bytes = b"\r\n", max_length: int = 256) -> None:
+        self.terminator, self.max_length = terminator, max_length
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[bytes | FrameError]:
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(self.terminator)
+        out: list[bytes | FrameError] = [
+            line + self.terminator if len(line) <= self.max_length
+            else FrameError(f"line of {len(line)} bytes exceeds {self.max_length}: dropped")
+            for line in lines]
+        if len(self.buffer) > self.max_length:
+            out.append(FrameError(f"{len(self.buffer)} bytes without a line end: dropped"))
+            self.buffer = b""
+        return out
+
+
+@dataclass(frozen=True)
+class StreamProtocol:
+    """How a serial/USB device talks: its framer, and what to write to it."""
+
+    framer: Callable[[], Framer]  # a new framer per connection
+    on_open: bytes = b""  # written once the port is open (e.g. "start live data")
+    keep_alive: bytes = b""  # written every keep_alive_every seconds while connected
+    keep_alive_every: float = 0.0
+
+
 @dataclass(frozen=True)
 class Driver:
     name: str
@@ -72,6 +115,7 @@ class Driver:
     codes: tuple[str, ...] = ()  # keys of telemon.codes.KNOWN it can produce
     ble: BleMatch | None = None
     serial: SerialSettings | None = None
+    stream: StreamProtocol | None = None
     usb: tuple[UsbMatch, ...] = field(default=())
 
     def problems(self) -> list[str]:
@@ -85,8 +129,8 @@ class Driver:
             found.append("parse must be a function of (bytes, ParseContext)")
         if self.transport == "ble" and self.ble is None:
             found.append("a ble driver needs a BleMatch (service UUIDs)")
-        if self.transport in ("serial", "usb") and self.serial is None:
-            found.append(f"a {self.transport} driver needs SerialSettings")
+        if self.transport in ("serial", "usb") and (self.serial is None or self.stream is None):
+            found.append(f"a {self.transport} driver needs SerialSettings and a StreamProtocol")
         if self.transport == "usb" and not self.usb:
             found.append("a usb driver needs at least one UsbMatch (VID:PID)")
         return found

@@ -20,7 +20,7 @@ from telemon.config import (
     check_file,
     load,
 )
-from telemon.drivers import Driver, SerialSettings
+from telemon.drivers import Driver, LineFramer, SerialSettings, StreamProtocol
 from telemon.models import LimitSet
 from telemon.plugin_manager import make_plugin_manager
 
@@ -366,7 +366,8 @@ def test_ble_device_address_must_be_a_mac(tmp_path):
 def test_serial_device_address_and_user(tmp_path):
     serial = Driver(name="serial_spiro", version="1", transport="serial",
                     parse=lambda frame, context: [], description="a test spirometer",
-                    serial=SerialSettings(baudrate=9600))
+                    serial=SerialSettings(baudrate=9600),
+                    stream=StreamProtocol(framer=LineFramer))
     registry = dataclasses.replace(REGISTRY, drivers={**REGISTRY.drivers, "serial_spiro": serial})
     device = DEVICE.replace("ble_blood_pressure", "serial_spiro")
     assert problems(tmp_path, edge(tail=device + 'address = "COM3"\n'), registry) == []

@@ -12,7 +12,7 @@ from telemon.plugin_manager import load_plugins_env, make_plugin_manager
 BUILTINS = {"ble_blood_pressure": "driver", "copd": "module", "csv": "exporter"}
 
 GOOD_DRIVER = """
-from telemon.drivers import Driver, SerialSettings
+from telemon.drivers import Driver, LineFramer, SerialSettings, StreamProtocol
 from telemon.hookspecs import hookimpl
 
 def parse(frame, ctx):
@@ -21,7 +21,8 @@ def parse(frame, ctx):
 @hookimpl
 def register_drivers(register):
     register(Driver(name="acme_scale", version="1.2.3", transport="serial", parse=parse,
-                    description="ACME scale", serial=SerialSettings(baudrate=9600)))
+                    description="ACME scale", serial=SerialSettings(baudrate=9600),
+                    stream=StreamProtocol(framer=LineFramer)))
 """
 
 

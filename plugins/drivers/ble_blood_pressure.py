@@ -88,7 +88,7 @@ DRIVER = Driver(
     parse=parse,
     description="Blood pressure monitors with the Bluetooth SIG Blood Pressure Profile",
     codes=("bp", "bp_sys", "bp_dia", "bp_mean", "pulse_bp"),
-    ble=BleMatch(service_uuids=(SERVICE,), characteristic=CHARACTERISTIC),
+    ble=BleMatch(service_uuids=(SERVICE,), characteristics=(CHARACTERISTIC,)),
 )
 
 
