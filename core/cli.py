@@ -8,6 +8,7 @@ import sys
 import click
 
 from telemon import __version__, plugin_manager
+from telemon.edge import edge
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,6 +105,53 @@ def plugin_new(name: str, kind: str, directory: str) -> None:
         raise click.UsageError(str(exc)) from None
     click.echo(f"created {folder}")
     click.echo(f"next: pip install -e {folder}[test] && pytest {folder}")
+
+
+@cli.group(name="dsp")
+def dsp_group() -> None:
+    """Signal processing on recordings (WFDB records from PhysioNet and the like)."""
+
+
+@dsp_group.command(name="qrs")
+@click.argument("record", metavar="RECORD_PATH")
+@click.option("--channel", "-c", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Signal number in the record (0 = first).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON object {"fs": Hz, "peaks": [sample indices]}.')
+def dsp_qrs(record: str, channel: int, as_json: bool) -> None:
+    """Detect the QRS complexes (R peaks) of one ECG channel of a WFDB record.
+
+    RECORD_PATH is the record without extension (reads RECORD_PATH.hea and its signal
+    file). Peaks are sample indices from 0, so any annotated record can be scored against
+    its .atr beats. Exit code 2 when the record cannot be read, the channel does not exist
+    or its sampling rate is outside 125-1000 Hz.
+    """
+    from telemon import dsp
+    from telemon.recordings import RecordError, read_record
+
+    try:
+        rec = read_record(record)
+    except RecordError as exc:
+        raise click.UsageError(str(exc)) from None
+    if channel >= rec.signals.shape[1]:
+        raise click.UsageError(f"{record}: channel {channel} does not exist (the record has "
+                               f"{rec.signals.shape[1]}: {', '.join(rec.channels)})")
+    try:
+        peaks = dsp.detect_qrs(rec.signals[:, channel], rec.fs)
+    except ValueError as exc:
+        raise click.UsageError(f"{record}: {exc}") from None
+    if as_json:
+        click.echo(json.dumps({"fs": rec.fs, "peaks": peaks.tolist()}))
+        return
+    seconds = rec.signals.shape[0] / rec.fs
+    rate = dsp.heart_rate(peaks, rec.fs)
+    name = rec.channels[channel] or f"signal {channel}"
+    click.echo(f"{rec.name}: {len(peaks)} beats in {int(seconds // 60)} min "
+               f"{seconds % 60:.1f} s ({name}, {rec.fs:g} Hz)")
+    click.echo("mean heart rate: " + ("-" if rate != rate else f"{rate:.1f} /min"))
+
+
+cli.add_command(edge)
 
 
 def build_cli() -> click.Group:

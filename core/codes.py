@@ -66,6 +66,52 @@ KNOWN: dict[str, MeasureCode] = {
         MeasureCode("resp_rate", "Respiratory rate", 151562, "9279-1", "/min", None, (2, 80)),
         MeasureCode("fev1", "FEV1", 152586, "20150-9", "L", (MCS, "MCS88015"), (0.1, 8),
                     verified=False),
+        # Added for the Bluetooth SIG health-profile drivers (plugins/drivers/ble_*.py).
+        # MDC numbers = partition x 65536 + term. Terms checked against public ISO/IEEE
+        # 11073-10101 constant tables (Antidote/Signove 11073 stack headers, the Continua
+        # nomenclature tables of several open-source PHD managers) and, where named, FHIR
+        # IGs; the Danish codes and UCUM units against the eHealth infrastructure's
+        # ehealth-observation-codes value set and obs-code-to-ucum concept map
+        # (shared/data/fhir-dk-ehealth). `verified=False`: one source only, or a LOINC or unit
+        # choice not confirmed - check before export.
+        # MDC_RATIO_MASS_BODY_LEN_SQ (2::57680); NPU27281 kg/m2.
+        MeasureCode("bmi", "Body mass index", 188752, "39156-5", "kg/m2", (NPU, "NPU27281"),
+                    (10, 80)),
+        # MDC_LEN_BODY_ACTUAL (2::57668); NPU03794 in m.
+        MeasureCode("height", "Body height", 188740, "8302-2", "m", (NPU, "NPU03794"),
+                    (0.4, 2.5)),
+        # MDC_PULS_OXIM_PERF_REL (2::19376): the PLX Pulse Amplitude Index, %. No LOINC checked.
+        MeasureCode("perfusion_index", "Pulse amplitude index (perfusion)", 150448, None, "%",
+                    None, (0, 30), verified=False),
+        # MDC_ECG_TIME_PD_RR_GL (2::16168); the MII Kardio IG's RR-interval example uses 147240
+        # (in ms); telemon keeps RR intervals in seconds. No LOINC checked.
+        MeasureCode("rr_interval", "RR interval", 147240, None, "s", None, (0.2, 3.0)),
+        # MDC_HF_ENERGY (partition 129 PHD_HF, term 119). The Heart Rate Service reports kJ;
+        # whether 11073-10441 expects kJ or kcal with this code is unchecked.
+        MeasureCode("energy_expended", "Energy expended", 8454263, None, "kJ", None,
+                    (0, 65535), verified=False),
+        # Glucose by sample type (11073-10417; Glucose Service type nibble). 160184 capillary
+        # whole blood is "glucose" above. MDC_CONC_GLU_* terms 28948, 29116..29140, 29292/6.
+        MeasureCode("glucose_gen", "Glucose (sample type not stated)", 160020, None, "mmol/L",
+                    None, (0.5, 50), verified=False),
+        MeasureCode("glucose_cap_plasma", "Capillary plasma glucose", 160188, None, "mmol/L",
+                    None, (0.5, 50), verified=False),
+        MeasureCode("glucose_ven_blood", "Venous whole blood glucose", 160192, None, "mmol/L",
+                    None, (0.5, 50), verified=False),
+        MeasureCode("glucose_ven_plasma", "Venous plasma glucose", 160196, None, "mmol/L",
+                    None, (0.5, 50), verified=False),
+        MeasureCode("glucose_art_blood", "Arterial whole blood glucose", 160200, None,
+                    "mmol/L", None, (0.5, 50), verified=False),
+        MeasureCode("glucose_art_plasma", "Arterial plasma glucose", 160204, None, "mmol/L",
+                    None, (0.5, 50), verified=False),
+        MeasureCode("glucose_control", "Glucose control solution (not a patient value)",
+                    160208, None, "mmol/L", None, (0.5, 50), verified=False),
+        MeasureCode("glucose_isf", "Interstitial fluid glucose", 160212, None, "mmol/L", None,
+                    (0.5, 50), verified=False),
+        MeasureCode("glucose_und_blood", "Whole blood glucose (site undetermined)", 160364,
+                    None, "mmol/L", None, (0.5, 50), verified=False),
+        MeasureCode("glucose_und_plasma", "Plasma glucose (site undetermined)", 160368, None,
+                    "mmol/L", None, (0.5, 50), verified=False),
     )
 }
 

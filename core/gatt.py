@@ -8,6 +8,7 @@ The 7-byte Date Time characteristic has no time zone: it is the device's local t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from decimal import Decimal
 
@@ -62,3 +63,42 @@ def date_time(raw: bytes, tz: tzinfo) -> datetime | None:
     except ValueError as exc:
         raise FrameError(f"invalid date-time {year:04}-{month:02}-{day:02} "
                          f"{hour:02}:{minute:02}:{second:02}: {exc}") from None
+
+
+def uint(frame: bytes, offset: int, size: int, what: str) -> int:
+    """An unsigned little-endian integer of `size` bytes at `offset` (FrameError if short)."""
+    return int.from_bytes(take(frame, offset, size, what), "little")
+
+
+def sint(frame: bytes, offset: int, size: int, what: str) -> int:
+    """A signed (two's complement) little-endian integer of `size` bytes at `offset`."""
+    return int.from_bytes(take(frame, offset, size, what), "little", signed=True)
+
+
+BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"  # Bluetooth Base UUID (Core spec, Vol 3 B 2.5.1)
+
+
+def uuid128(short: int) -> str:
+    """The full lower-case 128-bit form of a 16-bit SIG UUID: 0x2A37 -> '00002a37-0000-...'."""
+    return f"{short:08x}{BASE_UUID_SUFFIX}"
+
+
+def short_uuid(text: str) -> int | None:
+    """The 16-bit SIG number of a UUID written as '2a37', '0x2A37' or in full 128-bit form;
+    None for anything else (a vendor UUID, an empty string)."""
+    value = text.strip().lower()
+    if value.endswith(BASE_UUID_SUFFIX) and len(value) == 36 and value.startswith("0000"):
+        value = value[4:8]
+    value = value.removeprefix("0x")
+    if 1 <= len(value) <= 4 and all(c in "0123456789abcdef" for c in value):
+        return int(value, 16)
+    return None
+
+
+def read_value(features: Mapping[str, bytes], short: int) -> bytes | None:
+    """The value of characteristic `short` among those read at connect (ParseContext.features),
+    whichever way its UUID key is written; None when it was not read."""
+    for key, value in features.items():
+        if short_uuid(key) == short:
+            return bytes(value)
+    return None
