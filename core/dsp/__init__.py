@@ -9,8 +9,10 @@ some kernels were built).
 from telemon.dsp._select import CHOSEN
 from telemon.dsp.series import *  # noqa: F403
 from telemon.dsp.series import __all__ as _series_all
+from telemon.dsp.waveform import *  # noqa: F403
+from telemon.dsp.waveform import __all__ as _waveform_all
 
-__all__ = [*_series_all, "IMPLEMENTATION"]
+__all__ = [*_series_all, *_waveform_all, "IMPLEMENTATION"]
 
 _kinds = set(CHOSEN.values())
 IMPLEMENTATION = _kinds.pop() if len(_kinds) == 1 else "mixed"
