@@ -1,0 +1,221 @@
+"""Series primitives: the compiled core against its reference, pandas and plain NumPy, on the
+same year of irregular SpO2 (525,600 samples, 1 % NaN), in the same run. Report ratios, not
+absolute times. Every peer's result is checked against the compiled one, so each row is the
+same work (or says where a peer does less).
+
+pandas is optional (`pip install telemon[bench]`); its rows are skipped without it. NumPy has
+no recurrence primitive, so for EWMA, MACD and CUSUM the NumPy peer is the reference itself (a
+Python loop over a NumPy array).
+"""
+
+import numpy as np
+import pytest
+
+from telemon import dsp
+from telemon.cext import series_reference as reference
+
+compiled = pytest.importorskip("telemon.cext._series", reason="compiled kernels not built")
+
+WINDOW = 3 * dsp.DAY
+FAST, SLOW, SIGNAL = 12, 26, 9
+ALPHA = 2 / (FAST + 1)
+MACD_ALPHAS = (2 / (FAST + 1), 2 / (SLOW + 1), 2 / (SIGNAL + 1))
+CUSUM = dict(mu=93.0, sigma=3.0, k=0.5, h=5.0)
+REFERENCE_SLICE = 5_000  # samples the per-window reference runs when benchmarks are disabled
+
+
+@pytest.fixture(scope="session")
+def spo2_times(spo2_series):
+    """Whole seconds, about one a minute, irregular, with a few hours-long gaps (the device
+    off at night): exact in float64 and in pandas' nanoseconds, so window edges agree."""
+    rng = np.random.default_rng(8)
+    steps = np.ceil(rng.exponential(60, spo2_series.size))
+    steps[rng.random(spo2_series.size) < 0.001] += 6 * 3600
+    return np.cumsum(steps)
+
+
+@pytest.fixture(scope="session")
+def spo2_pandas(spo2_times, spo2_series):
+    pd = pytest.importorskip("pandas")
+    return pd.Series(spo2_series, index=pd.to_datetime(spo2_times, unit="s"))
+
+
+def assert_close(got, want, rtol=1e-9):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=rtol,
+                               atol=1e-9, equal_nan=True)
+
+
+def _prefix(benchmark, t, x):
+    """The whole series, or a slice of it for a smoke run (--benchmark-disable)."""
+    return (t[:REFERENCE_SLICE], x[:REFERENCE_SLICE]) if benchmark.disabled else (t, x)
+
+
+# --- rolling count/mean/SD/min/max over 3 days --------------------------------------------------
+
+ROLLING = "rolling 3-day count/mean/SD/min/max, 525,600 irregular samples"
+
+
+@pytest.mark.benchmark(group=ROLLING)
+def test_rolling_compiled(benchmark, spo2_times, spo2_series):
+    result = benchmark(compiled.rolling, spo2_times, spo2_series, WINDOW)
+    assert result[0].max() > 3000  # a real 3-day window: thousands of samples each
+
+
+@pytest.mark.benchmark(group=ROLLING)
+def test_rolling_telemon_dsp_api(benchmark, spo2_times, spo2_series):
+    """The public call: input checks (sortedness, finiteness) included."""
+    result = benchmark(dsp.rolling, spo2_times, spo2_series, window=WINDOW)
+    want = compiled.rolling(spo2_times, spo2_series, WINDOW)
+    for got, expected in zip(result, want, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=ROLLING)
+def test_rolling_reference(benchmark, spo2_times, spo2_series):
+    """Two-pass statistics of every window: the specification, one round."""
+    t, x = _prefix(benchmark, spo2_times, spo2_series)
+    result = benchmark.pedantic(reference.rolling, args=(t, x, WINDOW), rounds=1)
+    want = compiled.rolling(t, x, WINDOW)
+    for got, expected in zip(result, want, strict=True):
+        assert_close(got, expected)
+
+
+@pytest.mark.benchmark(group=ROLLING)
+def test_rolling_pandas(benchmark, spo2_pandas, spo2_times, spo2_series):
+    """Series.rolling('3D') on a DatetimeIndex: the same five statistics."""
+
+    def pandas_rolling(series):
+        window = series.rolling("3D")
+        return window.count(), window.mean(), window.std(), window.min(), window.max()
+
+    result = benchmark(pandas_rolling, spo2_pandas)
+    want = compiled.rolling(spo2_times, spo2_series, WINDOW)
+    for got, expected in zip(result, want, strict=True):
+        assert_close(got.to_numpy(), expected)
+
+
+def numpy_rolling(t, x, window):
+    """Cumulative sums between window edges found by searchsorted: count, mean and SD only
+    (NumPy has no sliding min/max over variable windows). Fast, but sums of squares lose
+    precision when the mean is large against the SD, and one huge value ruins everything
+    after it: why the kernel does not work this way."""
+    first = np.searchsorted(t, t - window, side="right")
+    valid = ~np.isnan(x)
+    zeros = np.zeros(1)
+    n = np.concatenate([zeros, np.cumsum(valid)])
+    s = np.concatenate([zeros, np.cumsum(np.where(valid, x, 0.0))])
+    q = np.concatenate([zeros, np.cumsum(np.where(valid, x * x, 0.0))])
+    last = np.arange(1, len(x) + 1)
+    count = n[last] - n[first]
+    total, squares = s[last] - s[first], q[last] - q[first]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+        sd = np.sqrt(np.maximum(squares - total * mean, 0.0) / (count - 1))
+    sd[count < 2] = np.nan
+    return count.astype(np.int64), mean, sd
+
+
+@pytest.mark.benchmark(group=ROLLING)
+def test_rolling_numpy_cumsum(benchmark, spo2_times, spo2_series):
+    result = benchmark(numpy_rolling, spo2_times, spo2_series, WINDOW)
+    want = compiled.rolling(spo2_times, spo2_series, WINDOW)
+    np.testing.assert_array_equal(result[0], want[0])
+    assert_close(result[1], want[1])
+    assert_close(result[2], want[2], rtol=1e-7)  # cancellation in sum of squares
+
+
+# --- EWMA ---------------------------------------------------------------------------------------
+
+EWMA = "EWMA span 12, 525,600 samples"
+
+
+@pytest.mark.benchmark(group=EWMA)
+def test_ewma_compiled(benchmark, spo2_series):
+    benchmark(compiled.ewma, spo2_series, ALPHA)
+
+
+@pytest.mark.benchmark(group=EWMA)
+def test_ewma_telemon_dsp_api(benchmark, spo2_times, spo2_series):
+    result = benchmark(dsp.ewma, spo2_times, spo2_series, span=FAST)
+    np.testing.assert_array_equal(result, compiled.ewma(spo2_series, ALPHA))
+
+
+@pytest.mark.benchmark(group=EWMA)
+def test_ewma_reference_python_loop(benchmark, spo2_series):
+    result = benchmark.pedantic(reference.ewma, args=(spo2_series, ALPHA), rounds=3)
+    np.testing.assert_array_equal(result, compiled.ewma(spo2_series, ALPHA))
+
+
+@pytest.mark.benchmark(group=EWMA)
+def test_ewma_pandas(benchmark, spo2_pandas, spo2_series):
+    result = benchmark(lambda s: s.ewm(span=FAST, adjust=False, ignore_na=True).mean(),
+                       spo2_pandas)
+    assert_close(result.to_numpy(), compiled.ewma(spo2_series, ALPHA), rtol=1e-12)
+
+
+# --- MACD ---------------------------------------------------------------------------------------
+
+MACD = "MACD 12/26/9, 525,600 samples"
+
+
+@pytest.mark.benchmark(group=MACD)
+def test_macd_compiled(benchmark, spo2_series):
+    benchmark(compiled.macd, spo2_series, *MACD_ALPHAS)
+
+
+@pytest.mark.benchmark(group=MACD)
+def test_macd_telemon_dsp_api(benchmark, spo2_times, spo2_series):
+    result = benchmark(dsp.macd, spo2_times, spo2_series, fast=FAST, slow=SLOW, signal=SIGNAL)
+    for got, expected in zip(result, compiled.macd(spo2_series, *MACD_ALPHAS), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=MACD)
+def test_macd_reference_python_loop(benchmark, spo2_series):
+    result = benchmark.pedantic(reference.macd, args=(spo2_series, *MACD_ALPHAS), rounds=1)
+    for got, expected in zip(result, compiled.macd(spo2_series, *MACD_ALPHAS), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=MACD)
+def test_macd_pandas(benchmark, spo2_pandas, spo2_series):
+    """Three ewm(); the signal line skips NaN samples as telemon does (ignore_na on the MACD
+    line masked where the value is NaN)."""
+
+    def pandas_macd(series):
+        def ema(s, span):
+            return s.ewm(span=span, adjust=False, ignore_na=True).mean()
+
+        line = ema(series, FAST) - ema(series, SLOW)
+        signal = ema(line.where(series.notna()), SIGNAL)
+        return line, signal, line - signal
+
+    result = benchmark(pandas_macd, spo2_pandas)
+    for got, expected in zip(result, compiled.macd(spo2_series, *MACD_ALPHAS), strict=True):
+        assert_close(got.to_numpy(), expected, rtol=1e-9)
+
+
+# --- CUSUM --------------------------------------------------------------------------------------
+
+CUSUM_GROUP = "CUSUM two-sided k=0.5 h=5, 525,600 samples"
+CUSUM_ARGS = (CUSUM["mu"], CUSUM["sigma"], CUSUM["k"], CUSUM["h"], True, True)
+
+
+@pytest.mark.benchmark(group=CUSUM_GROUP)
+def test_cusum_compiled(benchmark, spo2_series):
+    result = benchmark(compiled.cusum, spo2_series, *CUSUM_ARGS)
+    assert (result[2] != 0).sum() > 100  # alarms happen: the reset path is exercised
+
+
+@pytest.mark.benchmark(group=CUSUM_GROUP)
+def test_cusum_telemon_dsp_api(benchmark, spo2_times, spo2_series):
+    result = benchmark(dsp.cusum, spo2_times, spo2_series, **CUSUM)
+    for got, expected in zip(result, compiled.cusum(spo2_series, *CUSUM_ARGS), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=CUSUM_GROUP)
+def test_cusum_reference_python_loop(benchmark, spo2_series):
+    result = benchmark.pedantic(reference.cusum, args=(spo2_series, *CUSUM_ARGS), rounds=1)
+    for got, expected in zip(result, compiled.cusum(spo2_series, *CUSUM_ARGS), strict=True):
+        np.testing.assert_array_equal(got, expected)
