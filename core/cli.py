@@ -151,6 +151,167 @@ def dsp_qrs(record: str, channel: int, as_json: bool) -> None:
     click.echo("mean heart rate: " + ("-" if rate != rate else f"{rate:.1f} /min"))
 
 
+@cli.command(name="decode")
+@click.option("--profile", "-p", "profile", required=True, metavar="NAME",
+              help="A driver name (telemon plugins lists them) or a BLE characteristic's "
+                   "UUID (2A35, 0x2a9d, or the 128-bit form).")
+@click.option("--read", "reads", multiple=True, metavar="UUID=HEX",
+              help="A value the device gave at connect (e.g. 2A9E=18000000, a Weight Scale "
+                   "Feature); repeatable.")
+@click.option("--stream", is_flag=True,
+              help="HEX is raw bytes from a serial/USB port: split it with the driver's "
+                   "framer first.")
+@click.option("--received", metavar="TIME",
+              help="The gateway's receive time, ISO 8601 with an offset (default: now); "
+                   "stamps readings that carry no time of their own.")
+@click.option("--tz", "zone", default="Europe/Copenhagen", show_default=True,
+              help="The zone the device's clock is set to (IANA name).")
+@click.argument("hex_parts", nargs=-1, required=True, metavar="HEX")
+def decode_command(profile: str, reads: tuple[str, ...], stream: bool, received: str | None,
+                   zone: str, hex_parts: tuple[str, ...]) -> None:
+    """Print the observations one frame decodes to, one JSON object a line.
+
+    HEX is one frame as the parser sees it (a BLE characteristic value; for serial drivers
+    what their framer hands on, or raw port bytes with --stream); spaces and colons are
+    allowed. Each line: driver, code {system, code, display}, value (a decimal string, the
+    device's precision kept) or absent (why there is no value) or components (blood
+    pressure), unit (UCUM), time (effective time, ISO 8601), status (flags), context, raw
+    (hex). Exit code 1 when the frame does not decode (the reason on stderr), 2 for an
+    unknown profile or bad hex.
+    """
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from telemon.drivers import FrameError, ParseContext
+
+    _, registry = plugin_manager.get()
+    driver, source = _decode_driver(profile, registry.drivers)
+    frame = _hex("HEX", "".join(hex_parts))
+    features = {}
+    for item in reads:
+        uuid, equals, value = item.partition("=")
+        if not equals or not uuid.strip():
+            raise click.BadParameter(f"{item!r} is not UUID=HEX", param_hint="--read")
+        features[uuid.strip()] = _hex("--read", value)
+    try:
+        device_tz = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(f"unknown time zone {zone!r}", param_hint="--tz") from None
+    if received is None:
+        moment = datetime.now(UTC)
+    else:
+        try:
+            moment = datetime.fromisoformat(received)
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise click.BadParameter(f"{received!r} is not an ISO 8601 time with an offset",
+                                     param_hint="--received")
+    if stream and driver.stream is None:
+        raise click.UsageError(f"--stream: driver {driver.name} has no framer (it is a "
+                               f"{driver.transport} driver)")
+    ctx = ParseContext(patient="decode", device="decode", gateway="decode", received=moment,
+                       device_tz=device_tz, source=source, features=features)
+    items: list[bytes | FrameError] = [frame]
+    if stream:
+        framer = driver.stream.framer()
+        items = framer.feed(frame)
+        items += framer.flush() if hasattr(framer, "flush") else (
+            [FrameError(f"{len(framer.buffer)} byte(s) left without a frame end")]
+            if getattr(framer, "buffer", b"") else [])
+    failed = False
+    for number, item in enumerate(items, 1):
+        where = f"frame {number}: " if stream else ""
+        if isinstance(item, FrameError):
+            click.echo(f"error: {where}{item}", err=True)
+            failed = True
+            continue
+        try:
+            observations = driver.parse(item, ctx)
+        except FrameError as exc:
+            click.echo(f"error: {where}frame does not decode ({driver.name}): {exc}", err=True)
+            failed = True
+            continue
+        except Exception as exc:  # a driver bug: say so, as the gateway's quarantine would
+            click.echo(f"error: {where}driver {driver.name} crashed: "
+                       f"{type(exc).__name__}: {exc}", err=True)
+            failed = True
+            continue
+        for observation in observations:
+            click.echo(json.dumps(_observation_json(observation), ensure_ascii=False))
+    if stream and not any(isinstance(item, bytes) for item in items) and not failed:
+        click.echo("error: no complete frame in the stream", err=True)
+        failed = True
+    if failed:
+        sys.exit(1)
+
+
+def _hex(what: str, text: str) -> bytes:
+    cleaned = "".join(text.replace(":", " ").split())
+    cleaned = cleaned[2:] if cleaned[:2].lower() == "0x" else cleaned
+    if not cleaned:
+        raise click.BadParameter("no bytes given", param_hint=what)
+    try:
+        return bytes.fromhex(cleaned)
+    except ValueError:
+        bad = next((c for c in cleaned if c not in "0123456789abcdefABCDEF"), None)
+        why = f"{bad!r} is not a hex digit" if bad else f"odd number of digits ({len(cleaned)})"
+        raise click.BadParameter(f"not hex: {why}", param_hint=what) from None
+
+
+def _decode_driver(name: str, drivers):
+    """(driver, ParseContext.source) for a driver name or a characteristic UUID."""
+    from telemon.gatt import short_uuid, uuid128
+
+    if name in drivers:
+        driver = drivers[name]
+        if driver.simulate is not None:
+            return driver, driver.simulate.source
+        if driver.ble is not None and driver.ble.characteristics:
+            return driver, driver.ble.characteristics[0]
+        return driver, ""
+    short = short_uuid(name)
+    if short is not None:
+        matches = [d for d in drivers.values() if d.ble and any(
+            short_uuid(c) == short for c in d.ble.characteristics)]
+        if len(matches) == 1:
+            return matches[0], uuid128(short)
+        if matches:
+            raise click.BadParameter(
+                f"characteristic {short:04X} is read by several drivers "
+                f"({', '.join(sorted(d.name for d in matches))}): give the driver name",
+                param_hint="--profile")
+        known = sorted({f"{short_uuid(c):04X}" for d in drivers.values() if d.ble
+                        for c in d.ble.characteristics if short_uuid(c) is not None})
+        raise click.BadParameter(f"no installed driver reads characteristic {short:04X} "
+                                 f"(those read: {', '.join(known) or 'none'})",
+                                 param_hint="--profile")
+    raise click.BadParameter(f"{name!r} is neither an installed driver nor a characteristic "
+                             f"UUID (drivers: {', '.join(sorted(drivers)) or 'none'})",
+                             param_hint="--profile")
+
+
+def _observation_json(observation) -> dict:
+    """One observation as `telemon decode` prints it."""
+    def code(c):
+        return {"system": c.system, "code": c.code, "display": c.display}
+
+    out: dict = {"driver": observation.driver, "code": code(observation.code)}
+    if observation.components:
+        out["components"] = [
+            {"code": code(c.code), "unit": c.unit,
+             **({"value": str(c.value)} if c.value is not None else {"absent": str(c.absent)})}
+            for c in observation.components]
+    elif observation.value is not None:
+        out["value"] = str(observation.value)
+    else:
+        out["absent"] = str(observation.absent)
+    out.update(unit=observation.unit, time=observation.effective.isoformat(),
+               status=list(observation.flags), context=dict(observation.context),
+               raw=observation.raw.hex())
+    return out
+
+
 cli.add_command(edge)
 
 

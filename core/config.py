@@ -34,6 +34,12 @@ Shape (examples/edge.toml and examples/central.toml are complete, commented exam
     address = "A4:C1:38:00:00:01"     # optional; BLE MAC (ble drivers) or serial port
                                       # (/dev/ttyUSB0, COM3; serial drivers)
     user = 1                          # optional; BLE user index 1-254 (ble drivers)
+    scenario = "stable"               # optional, sim drivers: the simulated patient's
+                                      # scenario (telemon.sim.SCENARIOS)
+    seed = 7                          # optional, sim drivers: integer >= 0 (same seed,
+                                      # same patient); default from the device id
+    speed = 3600                      # optional, sim drivers: simulated time runs this
+                                      # many times faster (a number above 0; default 1)
 
     # central only
     [modules.<installed module>]
@@ -82,6 +88,8 @@ ROLES = ("edge", "central")
 DEFAULT_TIMEZONE = "Europe/Copenhagen"
 DEFAULT_OUTBOX_MEGABYTES = 512
 LIMIT_KEYS = ("red_low", "yellow_low", "yellow_high", "red_high")
+# The scenarios of simulated patients (telemon.sim.SCENARIOS; tests keep the two equal).
+SIM_SCENARIOS = ("stable", "copd-exacerbation", "hf-decompensation", "af")
 
 
 # --- problems -------------------------------------------------------------------------------
@@ -166,6 +174,9 @@ class DeviceConfig:
     device: str
     address: str | None
     user: int | None
+    scenario: str | None = None  # sim drivers only (telemon.sim)
+    seed: int | None = None
+    speed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -477,6 +488,9 @@ def _schema(role: Any, registry: Registry) -> Table:
             "device": Value(_ident, required=True),
             "address": Value(_text),
             "user": Value(_integer(1, 254)),
+            "scenario": Value(_one_of(SIM_SCENARIOS)),
+            "seed": Value(_integer(0, 2**63 - 1)),
+            "speed": Value(_positive, convert=float),
         }, build=DeviceConfig, check=lambda device: _transport(device, registry.drivers)),
             unique="device"),
     }
@@ -516,6 +530,10 @@ def _transport(device: dict, drivers: Mapping[str, Driver]) -> Iterator[tuple[st
         yield "address", f"is not used by {transport} drivers"
     if device["user"] is not None and transport != "ble":
         yield "user", f"is only used by ble drivers (driver {device['driver']} is {transport})"
+    for key in ("scenario", "seed", "speed"):
+        if device.get(key) is not None and transport != "sim":
+            yield key, (f"is only used by sim drivers (driver {device['driver']} is "
+                        f"{transport})")
 
 
 def _module(module: DiseaseModule) -> Table:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from telemon.models import Observation
 
@@ -105,6 +105,43 @@ class StreamProtocol:
     keep_alive_every: float = 0.0
 
 
+SCHEDULE_TIME = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """How a `sim` driver makes its device's frames from a physiological model (telemon.sim).
+
+    `frame(model, at)` is pure: the bytes the device would send for a reading taken at `at`
+    (aware, in the device clock's zone) of the patient `model` (a telemon.sim.PatientModel).
+    Readings are taken at the local times of day in `schedule` ("HH:MM", the citizen's
+    routine, shifted by up to `jitter` minutes each day); a streaming device sends a frame
+    every `every` seconds for `session` seconds per reading (0: one frame). `source` and
+    `features` are what a real transport would put in ParseContext (the characteristic UUID
+    or port; the values read at connect).
+    """
+
+    frame: Callable[[Any, datetime], bytes]
+    schedule: tuple[str, ...] = ("08:00",)
+    session: float = 0.0
+    every: float = 1.0
+    jitter: float = 15.0
+    source: str = ""
+    features: Mapping[str, bytes] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        found = []
+        if not callable(self.frame):
+            found.append("simulate.frame must be a function of (model, datetime)")
+        if not self.schedule:
+            found.append("simulate.schedule needs at least one time of day")
+        found += [f"simulate.schedule time {t!r} is not HH:MM" for t in self.schedule
+                  if not isinstance(t, str) or not SCHEDULE_TIME.match(t)]
+        if self.session < 0 or self.every <= 0 or self.jitter < 0:
+            found.append("simulate.session and jitter must be >= 0, every > 0")
+        return found
+
+
 @dataclass(frozen=True)
 class Driver:
     name: str
@@ -117,6 +154,7 @@ class Driver:
     serial: SerialSettings | None = None
     stream: StreamProtocol | None = None
     usb: tuple[UsbMatch, ...] = field(default=())
+    simulate: Simulator | None = None  # sim drivers: how frames are made (telemon.sim)
 
     def problems(self) -> list[str]:
         """Everything wrong with this declaration (empty when it is valid)."""
@@ -133,4 +171,9 @@ class Driver:
             found.append(f"a {self.transport} driver needs SerialSettings and a StreamProtocol")
         if self.transport == "usb" and not self.usb:
             found.append("a usb driver needs at least one UsbMatch (VID:PID)")
+        if self.transport == "sim":
+            if not isinstance(self.simulate, Simulator):
+                found.append("a sim driver needs a Simulator (simulate=...)")
+            else:
+                found += self.simulate.problems()
         return found

@@ -31,15 +31,35 @@ accept (Mosquitto with an ACL) still acknowledges it, and the records are gone.
 `submit` and `reject` commit (fsync) before they return, a few milliseconds: an asyncio
 transport may want to call them through `loop.run_in_executor`.
 
-`telemon edge --config edge.toml` runs a gateway; `telemon edge status --config edge.toml`
-reads the outbox file (no broker needed): devices, last readings, depth, last delivery.
+Devices: `Gateway.run_devices(devices, drivers, tz=...)` starts a `DeviceRunner`: one
+transport per configured device (`telemon.transports.make_transport`: BLE, serial/USB,
+simulated), all in one asyncio event-loop thread next to the publisher thread, with one USB
+discovery (`telemon.usb`) shared by the devices found by VID:PID. Transports hand readings
+and rejected frames to an outbox writer thread (the outbox fsyncs: never on the event loop);
+readings the outbox refuses (full) are counted per device and logged as errors (a serial
+stream cannot be asked to send them again). A transport that crashes is restarted after a
+backoff. Every device's transport status and counters go into the retained status message
+(`devices`) and, every 2 s and at every status change, into `devices.json` next to the
+outbox (written atomically, owner-only), which `telemon edge status` reads from its own
+process. (A file, not an outbox table: the status is rewritten every few seconds and needs
+no fsync, no share of the outbox's disk bound and no turn at its write lock.)
+
+`telemon edge --config edge.toml` runs a gateway with its configured devices until SIGTERM
+or SIGINT (devices stop first, so their last readings reach the outbox; what the broker has
+not acknowledged stays there for the next start); `telemon edge status --config edge.toml`
+reads the outbox file and `devices.json` (no broker needed): devices, their transports'
+status and counters, last readings, depth, last delivery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import os
+import queue
 import signal
 import sqlite3
 import ssl
@@ -47,8 +67,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +77,7 @@ import paho.mqtt.client as paho
 
 from telemon import mqtt, plugin_manager
 from telemon.backoff import Backoff
-from telemon.config import BrokerConfig, ConfigError, EdgeConfig
+from telemon.config import BrokerConfig, ConfigError, DeviceConfig, EdgeConfig
 from telemon.drivers import Driver, ParseContext
 from telemon.models import Record
 from telemon.outbox import Entry, LastReading, Outbox, OutboxStats, PutResult, outbox_path
@@ -109,6 +129,10 @@ class Gateway:
         self._status_due = 0.0
         self._full_logged = 0.0
         self._grace = 2.0
+        self.devices: DeviceRunner | None = None
+        self._quit = threading.Event()  # SIGTERM/SIGINT: stop the devices, then publishing
+        self._devices_changed = False
+        self._status_at = 0.0
 
     @classmethod
     def from_config(cls, config: EdgeConfig, **options: Any) -> Gateway:
@@ -161,10 +185,27 @@ class Gateway:
                                         daemon=True)
         self._thread.start()
 
+    def run_devices(self, devices: Sequence[DeviceConfig], drivers: Mapping[str, Driver], *,
+                    tz: tzinfo | None, **options: Any) -> DeviceRunner:
+        """Start reading the configured devices (one transport each, in one event-loop
+        thread; see `DeviceRunner` for `options`). `stop()` stops them first."""
+        if self.devices is not None:
+            raise RuntimeError("devices already running")
+        options.setdefault("status_path", self.outbox.path.parent / DEVICE_STATUS_FILE)
+        self.devices = DeviceRunner(self, devices, drivers, tz=tz, **options)
+        self.devices.start()
+        return self.devices
+
+    def devices_changed(self) -> None:
+        """A device's transport status changed: say so on the status topic soon."""
+        self._devices_changed = True
+
     def stop(self, grace: float = 2.0) -> None:
-        """Stop publishing: wait up to `grace` seconds for outstanding acknowledgements, say
-        "offline" on the status topic and disconnect. Unacknowledged records stay in the
-        outbox for the next start."""
+        """Stop the devices (their last readings go into the outbox), then publishing: wait
+        up to `grace` seconds for outstanding acknowledgements, say "offline" on the status
+        topic and disconnect. Unacknowledged records stay in the outbox for the next start."""
+        if self.devices is not None:
+            self.devices.stop()
         self._grace = grace
         self._stop.set()
         if self._thread is not None:
@@ -187,12 +228,12 @@ class Gateway:
         """Publish until SIGTERM or SIGINT (or `stop()` from another thread)."""
         if install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self._stop.set())
+                signal.signal(signum, lambda *_: self._quit.set())
         self.start()
         logger.info("gateway %s publishing to %s:%d as %s", self.gateway, self.broker.host,
                     self.broker.port, self.obs_topic)
         try:
-            while not self._stop.wait(0.5):
+            while not self._quit.wait(0.5) and not self._stop.is_set():
                 pass
         finally:
             self.stop()
@@ -317,7 +358,8 @@ class Gateway:
             self.backoff.reset()
         self._publish_waiting(now)
         state = "outbox-full" if self.outbox.is_full() else "online"
-        if state != self._state or now >= self._status_due:
+        if (state != self._state or now >= self._status_due
+                or (self._devices_changed and now - self._status_at >= 1.0)):
             self._publish_status(state, now)
 
     def _publish_waiting(self, now: float) -> None:
@@ -360,13 +402,18 @@ class Gateway:
                          "backlog", stats.refused, stats.depth, stats.used_bytes / 2**20,
                          stats.max_bytes / 2**20)
             self._full_logged = now
+        devices = {}
+        if self.devices is not None:
+            self._devices_changed = False
+            devices["devices"] = self.devices.summary()
         info = self._client.publish(self.status_topic, mqtt.status_payload(
             state, self.gateway, outbox=stats.depth, outbox_bytes=stats.used_bytes,
             outbox_max_bytes=stats.max_bytes, refused=stats.refused,
-            quarantined=stats.quarantined), qos=1, retain=True)
+            quarantined=stats.quarantined, **devices), qos=1, retain=True)
         self._status_mids.add(info.mid)
         self._state = state
         self._status_due = now + self.status_every
+        self._status_at = now
 
     def _shutdown(self) -> None:
         """Graceful end: outstanding acknowledgements (briefly), "offline", DISCONNECT."""
@@ -409,12 +456,397 @@ class Gateway:
         self._cursor = 0
 
 
+# --- the devices: one transport each, in one event-loop thread ---------------------------
+
+DEVICE_STATUS_FILE = "devices.json"
+STATUS_VERSION = 1
+
+
+@dataclasses.dataclass
+class DeviceState:
+    """One configured device as the runtime sees it: its transport, and what became of the
+    readings it handed on (counted by the outbox writer)."""
+
+    config: DeviceConfig
+    driver: Driver | None
+    transport: Any = None
+    error: str = ""  # why there is no transport (or why it crashed last)
+    stored: int = 0  # readings new in the outbox
+    duplicates: int = 0  # readings already waiting there
+    refused: int = 0  # readings the full outbox refused
+    quarantined: int = 0  # frames sent to quarantine
+    crashes: int = 0
+    status: str = "idle"
+    since: datetime = dataclasses.field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def kind(self) -> str:
+        return self.driver.transport if self.driver is not None else "?"
+
+    def current_status(self) -> str:
+        if self.transport is None:
+            return f"error: {self.error}" if self.error else "idle"
+        return str(getattr(self.transport, "status", "?"))
+
+    def snapshot(self) -> dict[str, Any]:
+        transport = self.transport
+        port = getattr(transport, "current_port", None) or self.config.address
+        return {
+            "device": self.config.device, "patient": self.config.patient,
+            "driver": self.config.driver, "transport": self.kind,
+            "address": port, "status": self.status, "since": self.since.isoformat(),
+            "reason": str(getattr(transport, "reason", "") or self.error or ""),
+            "counters": _counters(getattr(transport, "counters", None)),
+            "outbox": {"stored": self.stored, "duplicates": self.duplicates,
+                       "refused": self.refused, "quarantined": self.quarantined},
+            "crashes": self.crashes,
+        }
+
+
+def _counters(counters: Any) -> dict[str, Any]:
+    """A transport's counters as plain JSON values (a dataclass, a mapping or attributes)."""
+    if counters is None:
+        return {}
+    if dataclasses.is_dataclass(counters) and not isinstance(counters, type):
+        raw = dataclasses.asdict(counters)
+    elif isinstance(counters, Mapping):
+        raw = dict(counters)
+    else:
+        raw = {k: v for k, v in vars(counters).items() if not k.startswith("_")}
+    return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()
+            if isinstance(v, int | float | str | Mapping) and not isinstance(v, bool)}
+
+
+class _OutboxWriter:
+    """The one thread that writes transports' readings and rejects into the outbox, in the
+    order they came (per device, and overall)."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple] | None] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def put(self, work: Callable[..., None], *args: Any) -> None:
+        self._queue.put((work, args))
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, then end."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("the outbox writer did not finish in %.0f s: %d item(s) not "
+                         "written", timeout, self._queue.qsize())
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            work, args = item
+            try:
+                work(*args)
+            except Exception:
+                logger.exception("writing to the outbox failed")
+
+
+class DeviceRunner:
+    """Reads every configured device: one transport per device, in one event-loop thread.
+
+    `drivers` is the registry's (`registry.drivers[device.driver]`); `factory` is
+    `telemon.transports.make_transport` unless a test injects one; `comports`,
+    `usb_interval` and `probe_timeout` go to the shared USB discovery; `clock` is put on
+    every reading as its received time. Statuses are written to `status_path` (JSON) every
+    `status_every` seconds and whenever one changes.
+    """
+
+    def __init__(self, gateway: Gateway, devices: Sequence[DeviceConfig],
+                 drivers: Mapping[str, Driver], *, tz: tzinfo | None,
+                 clock: Callable[[], datetime] | None = None,
+                 factory: Callable[..., Any] | None = None,
+                 comports: Callable[[], Iterable[Any]] | None = None,
+                 usb_interval: float = 2.0, probe_timeout: float = 10.0,
+                 backoff: Callable[[], Backoff] | None = None,
+                 status_path: Path | None = None, status_every: float = 2.0,
+                 watch_every: float = 0.25) -> None:
+        self.gateway, self.tz = gateway, tz
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.drivers = dict(drivers)
+        self.states = [DeviceState(config=d, driver=drivers.get(d.driver)) for d in devices]
+        self.factory = factory
+        self.comports, self.usb_interval = comports, usb_interval
+        self.probe_timeout = probe_timeout
+        self.backoff = backoff
+        self.status_path, self.status_every = status_path, status_every
+        self.watch_every = watch_every
+        self.usb: Any = None
+        self._writer: _OutboxWriter | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._quit: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._stopped = False
+        self._lock = threading.Lock()
+        self._status_lock = threading.Lock()
+        self._final_written = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("devices already started")
+        self._writer = _OutboxWriter(f"outbox-writer-{self.gateway.gateway}")
+        self._thread = threading.Thread(target=self._main, name=f"devices-{self.gateway.gateway}",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every transport (each flushes what it holds), write what is queued into the
+        outbox, and write the final statuses. Safe to call twice."""
+        with self._lock:
+            if self._stopped or self._thread is None:
+                return
+            self._stopped = True
+        loop, quit_ = self._loop, self._quit
+        if loop is not None and quit_ is not None:
+            with contextlib.suppress(RuntimeError):  # the loop ended already
+                loop.call_soon_threadsafe(quit_.set)
+        logger.info("stopping %d device transport(s)", len(self.states))
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("device transports did not stop in %.0f s", timeout)
+        if self._writer is not None:
+            self._writer.close()
+        logger.info("devices stopped: %s", ", ".join(
+            f"{s.config.device} {s.stored} stored, {s.refused} refused, "
+            f"{s.quarantined} quarantined" for s in self.states) or "none")
+        for state in self.states:
+            self._note(state)
+        self._write_status(running=False)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """A short form of each device's status, for the retained status message."""
+        out = []
+        for state in self.states:
+            counters = _counters(getattr(state.transport, "counters", None))
+            out.append({"device": state.config.device, "driver": state.config.driver,
+                        "transport": state.kind, "status": state.current_status(),
+                        **{k: counters[k] for k in ("connections", "frames", "observations",
+                                                    "rejected") if k in counters},
+                        "refused": state.refused})
+        return out
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        for state in self.states:
+            self._note(state)
+        return [state.snapshot() for state in self.states]
+
+    # -- the event loop -------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except Exception:
+            logger.exception("the device runtime failed")
+        finally:
+            self._ready.set()
+
+    async def _run(self) -> None:
+        from telemon.transports import make_transport, needs_discovery
+        from telemon.usb import UsbDiscovery
+
+        self._loop = asyncio.get_running_loop()
+        self._quit = asyncio.Event()
+        factory = self.factory or make_transport
+        if self._stopped:
+            self._quit.set()
+        if any(s.driver is not None and needs_discovery(s.driver, s.config)
+               for s in self.states):
+            self.usb = UsbDiscovery(comports=self.comports, interval=self.usb_interval,
+                                    probe_timeout=self.probe_timeout,
+                                    drivers=tuple(self.drivers.values()))
+        for state in self.states:
+            if state.driver is None:
+                state.error = f"driver {state.config.driver} is not installed"
+                logger.error("device %s: %s", state.config.device, state.error)
+                continue
+            try:
+                state.transport = factory(
+                    state.driver, state.config, gateway_id=self.gateway.gateway, tz=self.tz,
+                    submit=self._submitter(state), reject=self._rejecter(state),
+                    clock=self.clock, usb=self.usb,
+                    backoff=self.backoff() if self.backoff else None)
+            except Exception as exc:  # one device's problem must not stop the others
+                state.error = f"cannot start its {state.kind} transport: {exc}"
+                logger.exception("device %s: %s", state.config.device, state.error)
+        tasks = [asyncio.ensure_future(self._supervise(s)) for s in self.states
+                 if s.transport is not None]
+        if self.usb is not None:
+            tasks.append(asyncio.ensure_future(self.usb.run()))
+        watcher = asyncio.ensure_future(self._watch())
+        started = [s.config.device for s in self.states if s.transport is not None]
+        logger.info("reading %d device(s): %s", len(started), ", ".join(started) or "none")
+        self._ready.set()
+        try:
+            await self._quit.wait()
+        finally:
+            for state in self.states:
+                if state.transport is not None:
+                    with contextlib.suppress(Exception):
+                        state.transport.stop()
+            if self.usb is not None:
+                self.usb.stop()
+            if tasks:
+                _, late = await asyncio.wait(tasks, timeout=5.0)
+                for task in late:
+                    task.cancel()
+                if late:
+                    logger.error("%d transport(s) did not stop in 5 s: cancelled", len(late))
+                    await asyncio.wait(late, timeout=2.0)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    async def _supervise(self, state: DeviceState) -> None:
+        """Run a transport; one that crashes or ends by itself is restarted after a
+        backoff."""
+        assert self._quit is not None
+        retry = Backoff(base=1.0, cap=60.0)
+        while not self._quit.is_set():
+            try:
+                await state.transport.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                state.crashes += 1
+                state.error = f"crashed: {type(exc).__name__}: {exc}"
+                logger.exception("device %s: its %s transport crashed; restarting",
+                                 state.config.device, state.kind)
+            else:
+                if self._quit.is_set():
+                    return
+                logger.error("device %s: its %s transport ended by itself; restarting",
+                             state.config.device, state.kind)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quit.wait(), retry.next())
+
+    async def _watch(self) -> None:
+        """Notice status changes (tell the publisher; write the file) and write the file
+        every `status_every` seconds anyway."""
+        due = 0.0
+        while True:
+            changed = False
+            for state in self.states:
+                changed |= self._note(state)
+            now = time.monotonic()
+            if changed:
+                self.gateway.devices_changed()
+            if changed or now >= due:
+                await asyncio.get_running_loop().run_in_executor(None, self._write_status,
+                                                                 True)
+                due = now + self.status_every
+            await asyncio.sleep(self.watch_every)
+
+    def _note(self, state: DeviceState) -> bool:
+        status = state.current_status()
+        if status == state.status:
+            return False
+        state.status, state.since = status, datetime.now(UTC)
+        return True
+
+    # -- what transports call ---------------------------------------------------------------
+
+    def _submitter(self, state: DeviceState) -> Callable[[list[Any]], None]:
+        def submit(observations: list[Any]) -> None:
+            assert self._writer is not None
+            self._writer.put(self._store, state, list(observations))
+        return submit
+
+    def _rejecter(self, state: DeviceState) -> Callable[[str, str, bytes], None]:
+        def reject(source: str, reason: str, raw: bytes) -> None:
+            assert self._writer is not None
+            self._writer.put(self._quarantine, state, source, reason, bytes(raw))
+        return reject
+
+    def _store(self, state: DeviceState, observations: list[Any]) -> None:
+        result = self.gateway.submit(observations)
+        state.stored += len(result.stored)
+        state.duplicates += len(result.duplicates)
+        if result.refused:
+            state.refused += len(result.refused)
+            logger.error("OUTBOX FULL: %d reading(s) from device %s (%s) refused and lost "
+                         "(%d from it so far): the device cannot be asked to send them again; "
+                         "the outbox empties when the broker is reachable",
+                         len(result.refused), state.config.device, state.config.driver,
+                         state.refused)
+
+    def _quarantine(self, state: DeviceState, source: str, reason: str, raw: bytes) -> None:
+        where = f"driver:{state.config.driver}:{state.config.device}" + (
+            f":{source}" if source else "")
+        self.gateway.reject(where, reason, raw)
+        state.quarantined += 1
+
+    # -- the status file ----------------------------------------------------------------------
+
+    def _write_status(self, running: bool) -> None:
+        with self._status_lock:  # the final write (running false) is the last one
+            if self.status_path is None or self._final_written:
+                return
+            self._final_written = not running
+            document = {"v": STATUS_VERSION, "gateway": self.gateway.gateway,
+                        "pid": os.getpid(), "running": running,
+                        "updated": datetime.now(UTC).isoformat(),
+                        "devices": [state.snapshot() for state in self.states]}
+            try:
+                write_private(self.status_path, json.dumps(document, indent=1).encode())
+            except OSError as exc:
+                logger.warning("cannot write the device status file %s: %s",
+                               self.status_path, exc)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, readable by its owner only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_device_status(path: Path) -> dict[str, Any] | None:
+    """The last device status file a gateway wrote (None when there is none, or it cannot
+    be read)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) and document.get("v") == STATUS_VERSION \
+        else None
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --- the command line ---------------------------------------------------------------------
 
 def _load_config(path: str) -> EdgeConfig:
     from telemon.config import load
 
-    _, registry = plugin_manager.get()
+    registry = plugin_manager.get()[1]
     try:
         config = load(path, registry)
     except ConfigError as exc:
@@ -451,6 +883,8 @@ def edge(ctx: click.Context, config_path: str | None) -> None:
         click.echo(f"{config_path}: cannot start the gateway: {exc}", err=True)
         sys.exit(2)
     with gateway:
+        gateway.run_devices(config.devices, plugin_manager.get()[1].drivers,
+                            tz=config.timezone)
         gateway.run()
 
 
@@ -481,10 +915,16 @@ def edge_status(ctx: click.Context, config_path: str | None, as_json: bool) -> N
     for reading in readings:
         by_device.setdefault(reading.device, []).append(reading)
     now = datetime.now(UTC)
+    transports = read_device_status(path.parent / DEVICE_STATUS_FILE)
     if as_json:
-        click.echo(json.dumps(_status_json(config, path, stats, by_device), indent=2))
+        document = _status_json(config, path, stats, by_device)
+        document["transports"] = _transports_json(config, transports)
+        for device, entry in zip(config.devices, document["devices"], strict=True):
+            entry["transport"] = _device_transport(transports, device.device)
+        click.echo(json.dumps(document, indent=2))
     else:
         _print_status(config, path, stats, by_device, now)
+        _print_transports(config, transports, now)
     if stats is not None and stats.full:
         sys.exit(1)
 
@@ -553,6 +993,81 @@ def _print_status(config: EdgeConfig, path: Path, stats: OutboxStats | None,
         for row in rows:
             echo("  " + "  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True))
                  + "  " + row[3])
+
+
+def _device_transport(transports: dict[str, Any] | None, device: str) -> dict | None:
+    if transports is None:
+        return None
+    return next((d for d in transports.get("devices", []) if d.get("device") == device), None)
+
+
+def _transports_json(config: EdgeConfig, transports: dict[str, Any] | None) -> dict | None:
+    if transports is None:
+        return None
+    return {"file": str(outbox_path(config.storage.path).parent / DEVICE_STATUS_FILE),
+            "updated": transports.get("updated"), "pid": transports.get("pid"),
+            "gateway_running": bool(transports.get("running"))
+            and _alive(transports.get("pid"))}
+
+
+def _print_transports(config: EdgeConfig, transports: dict[str, Any] | None,
+                      now: datetime) -> None:
+    """Each device's transport: status since when, why, and its counters."""
+    echo = click.echo
+    if transports is None:
+        echo("transports")
+        echo("  no device status yet: the gateway has not run its devices with this storage "
+             "path")
+        return
+    updated = _time_or_none(transports.get("updated"))
+    if transports.get("running") and _alive(transports.get("pid")):
+        state = f"gateway running (pid {transports.get('pid')})"
+    elif transports.get("running"):
+        state = "gateway NOT running: it ended without a clean stop"
+    else:
+        state = "gateway stopped"
+    echo(f"transports (as of {_when(updated, now)}; {state})")
+    if not config.devices:
+        echo("  none configured")
+        return
+    rows = [("DEVICE", "TRANSPORT", "STATUS", "CONN", "FRAMES", "OBS", "REJECTED",
+             "REFUSED")]
+    notes: list[tuple[str, str]] = []
+    for d in config.devices:
+        entry = _device_transport(transports, d.device)
+        if entry is None:
+            rows.append((d.device, "?", "unknown (not run yet)", "", "", "", "", ""))
+            continue
+        counters, outbox = entry.get("counters") or {}, entry.get("outbox") or {}
+        status = str(entry.get("status", "?"))
+        since = _time_or_none(entry.get("since"))
+        rows.append((d.device, f"{entry.get('transport', '?')}", f"{status}"
+                     + (f" ({_ago(since, now)})" if since else ""),
+                     *(str(counters.get(k, "-")) for k in ("connections", "frames",
+                                                          "observations", "rejected")),
+                     str(outbox.get("refused", 0))))
+        address = entry.get("address")
+        reason = entry.get("reason") or ""
+        if address and not reason.startswith(str(address)):
+            reason = f"{address}: {reason}" if reason else str(address)
+        if reason:
+            notes.append((d.device, reason))
+        framer = {k: v for k, v in (counters.get("framer") or {}).items() if v}
+        if framer:
+            notes.append((d.device, "framer " + ", ".join(f"{k} {v:,}" for k, v in
+                                                            framer.items())))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        echo("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for device, note in notes:
+        echo(f"  {device}: {note}")
+
+
+def _time_or_none(text: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _size(size: int) -> str:

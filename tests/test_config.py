@@ -202,7 +202,7 @@ def test_unknown_driver(tmp_path):
     text = edge(tail=DEVICE.replace("ble_blood_pressure", "ble_bloodpressure"))
     assert problems(tmp_path, text) == [
         'devices[0].driver: unknown driver "ble_bloodpressure"; did you mean '
-        '"ble_blood_pressure"? (installed drivers: ble_blood_pressure)']
+        f'"ble_blood_pressure"? (installed drivers: {", ".join(REGISTRY.drivers)})']
 
 
 def test_unknown_exporter(tmp_path):
