@@ -39,7 +39,9 @@ test: setup system-packages lint
 	TELEMON_PUREPYTHON=1 $(BIN)/pytest
 	$(BIN)/pytest benchmarks --benchmark-disable -q
 
+# The peers (pandas, neurokit2, wfdb) are installed only here; `make test` skips their rows.
 bench: setup
+	$(BIN)/pip install --quiet --no-build-isolation -e '.[test,bench]'
 	$(BIN)/pytest benchmarks --benchmark-group-by=group --benchmark-columns=min,median,ops
 
 clean:
