@@ -21,7 +21,12 @@ NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{1,48}$")
 
 
 class FrameError(ValueError):
-    """A frame the parser cannot decode; the reason says exactly why (kept in quarantine)."""
+    """A frame the parser cannot decode; the reason says exactly why (kept in quarantine).
+    A framer that gives up on bytes passes them as `raw`, so the quarantine keeps them."""
+
+    def __init__(self, reason: str, raw: bytes = b"") -> None:
+        super().__init__(reason)
+        self.raw = raw
 
 
 @dataclass(frozen=True)

@@ -429,7 +429,7 @@ class SerialTransport:
     def _handle(self, items: list[bytes | FrameError], source: str) -> None:
         for item in items:
             if isinstance(item, FrameError):
-                self._reject(source, str(item), bytes(getattr(item, "raw", b"") or b""))
+                self._reject(source, str(item), item.raw)
             else:
                 self.handle_frame(source, bytes(item))
 
@@ -445,7 +445,7 @@ class SerialTransport:
         try:
             observations = self.driver.parse(frame, ctx)
         except FrameError as exc:
-            self._reject(source, str(exc), bytes(getattr(exc, "raw", b"") or frame))
+            self._reject(source, str(exc), exc.raw or frame)
             return
         except Exception as exc:  # a parser bug must not stop the gateway
             log.exception("%s: driver %s crashed on %s", self.name, self.driver.name,

@@ -1096,7 +1096,7 @@ class SimTransport:
     def _item(self, item: bytes | FrameError, moment: datetime) -> None:
         if isinstance(item, FrameError):
             self.counters.frames += 1
-            self._reject(str(item), getattr(item, "raw", b""))
+            self._reject(str(item), item.raw)
         else:
             self._handle(item, moment)
 

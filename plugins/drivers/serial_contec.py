@@ -86,13 +86,6 @@ KEEP_ALIVE = bytes.fromhex("7d81af808080808080")
 FLAG_ORDER = ("missing-data", "finger-out", "searching", "sensor-error", "spo2-dropping")
 
 
-def _error(reason: str, raw: bytes) -> FrameError:
-    """A FrameError that also carries the bytes it gives up on (for the quarantine)."""
-    error = FrameError(reason)
-    error.raw = raw  # type: ignore[attr-defined]
-    return error
-
-
 class _ResyncFramer:
     """Bookkeeping shared by the framers: bytes that fit no packet are collected from the
     moment sync is lost until it is found again, then reported as one FrameError. Complete
@@ -151,7 +144,7 @@ class _ResyncFramer:
         self.stats["dropped_bytes"] += len(raw)
         self.lost.clear()
         cause = self.reason or "bytes before the first packet start"
-        return _error(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
+        return FrameError(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
 
     def pending(self) -> bytes:
         return bytes(self.group + self.lost + self.buffer)
@@ -162,7 +155,7 @@ class _ResyncFramer:
         rest = bytes(self.lost + self.buffer)
         if rest:
             self.stats["dropped_bytes"] += len(rest)
-            out.append(_error(f"stream ended inside a packet: {len(rest)} byte(s) dropped",
+            out.append(FrameError(f"stream ended inside a packet: {len(rest)} byte(s) dropped",
                               rest))
         self.lost.clear()
         self.buffer.clear()

@@ -102,13 +102,6 @@ PERFUSION_RANK = {"green": 1, "yellow": 2, "red": 3}
 PERFUSION_FLAG = {"yellow": "marginal-perfusion", "red": "low-perfusion"}
 
 
-def _error(reason: str, raw: bytes) -> FrameError:
-    """A FrameError that also carries the bytes it gives up on (for the quarantine)."""
-    error = FrameError(reason)
-    error.raw = raw  # type: ignore[attr-defined]
-    return error
-
-
 def frame_problem(data_format: int, frame: bytes) -> tuple[str, str] | None:
     """Why 5 bytes are not a valid format 2/7 frame, as (stats counter, reason); or None."""
     if data_format == 2 and frame[0] != 0x01:
@@ -157,7 +150,7 @@ class _ResyncFramer:
         self.stats["dropped_bytes"] += len(raw)
         self.lost.clear()
         cause = self.reason or f"bytes before the first {self.unit} start"
-        return _error(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
+        return FrameError(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
 
     def _emit(self, out: list[bytes | FrameError], frame: bytes | bytearray) -> None:
         self.stats["emitted"] += 1
@@ -242,7 +235,8 @@ class NoninFramer(_ResyncFramer):
         rest = bytes(self.packet + self.lost + self.buffer)
         if rest:
             self.stats["dropped_bytes"] += len(rest)
-            out.append(_error(f"stream ended inside a packet: {len(rest)} byte(s) dropped", rest))
+            out.append(FrameError(f"stream ended inside a packet: {len(rest)} byte(s) dropped",
+                                  rest))
         for pending in (self.group, self.packet, self.lost, self.buffer):
             pending.clear()
         self.locked, self.reason = False, ""
@@ -301,7 +295,7 @@ class NoninFormat8Framer(_ResyncFramer):
         if not rest:
             return []
         self.stats["dropped_bytes"] += len(rest)
-        return [_error(f"stream ended inside a frame: {len(rest)} byte(s) dropped", rest)]
+        return [FrameError(f"stream ended inside a frame: {len(rest)} byte(s) dropped", rest)]
 
 
 def _observations(frame: bytes, ctx: ParseContext, driver: str, *, spo2: int, pulse: int,
