@@ -73,7 +73,8 @@ def test_edge_example_loads():
         "mqtt.telemon.example", 8883, True)
     assert config.outbox.max_megabytes == 512.0
     assert [(d.driver, d.patient, d.device, d.address, d.user) for d in config.devices] == [
-        ("ble_blood_pressure", "pt-000042", "bpm-a1b2c3", "A4:C1:38:5E:21:0F", 1)]
+        ("ble_blood_pressure", "pt-000042", "bpm-a1b2c3", "A4:C1:38:5E:21:0F", 1),
+        ("serial_contec_cms50d_v2", "pt-000042", "oxi-9c41d0", None, None)]
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.gateway = "other"  # type: ignore[misc]
 
