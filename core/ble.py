@@ -89,7 +89,9 @@ class BleDeviceConfig:
 
     `address` pins the device (its Bluetooth address as the OS shows it); None finds it by
     the driver's service UUIDs / local-name pattern (the first match wins). `pair` asks the
-    OS to pair before using the device (for devices that need an encrypted link).
+    OS to pair before using the device (for devices that need an encrypted link). `user`
+    is the patient's user index on a monitor shared in the household: a reading the device
+    attributes to another (or an unknown) user is not this patient's and goes to quarantine.
     """
 
     device: str
@@ -98,6 +100,7 @@ class BleDeviceConfig:
     address: str | None = None
     pair: bool = False
     device_tz: tzinfo | None = None
+    user: int | None = None
 
 
 class OutOfRange(Exception):
@@ -297,6 +300,13 @@ class BleTransport:
             return
         if not observations:
             return
+        if self.device.user is not None:
+            users = {o.context.get("user", "none given") for o in observations}
+            other = users - {str(self.device.user)}
+            if other:
+                self._reject(source, f"a reading of device user {', '.join(sorted(other))}, "
+                                     f"not this patient's user {self.device.user}", frame)
+                return
         try:
             self.submit(observations)
         except Exception as exc:  # keep the raw frame: it goes to quarantine instead

@@ -45,15 +45,12 @@ def make_transport(driver: Driver, device: Any, *, gateway_id: str, tz: tzinfo |
     if driver.transport == "ble":
         from telemon.ble import BleDeviceConfig, BleTransport
 
-        if getattr(device, "user", None) is not None:
-            log.warning("%s: user = %s is not used yet: the BLE transport reads every "
-                        "user's readings from the device", device.device, device.user)
-
         def ble_clock() -> datetime:
             return clock().astimezone(tz) if tz is not None else clock()
 
         config = BleDeviceConfig(device=device.device, patient=device.patient,
-                                 gateway=gateway_id, address=device.address, device_tz=tz)
+                                 gateway=gateway_id, address=device.address, device_tz=tz,
+                                 user=device.user)
         return BleTransport(driver, config, submit=submit, reject=reject, clock=ble_clock,
                             **({"backoff": backoff} if backoff is not None else {}))
     if driver.transport in ("serial", "usb"):

@@ -345,6 +345,29 @@ def test_a_malformed_frame_is_rejected_and_the_next_one_still_arrives():
     run(test)
 
 
+def test_readings_of_another_user_of_a_shared_monitor_go_to_quarantine():
+    # the same frame as FRAME, but user 2, and one without a user id field (flags 0x16)
+    user_2 = FRAME[:-3] + b"\x02" + FRAME[-2:]
+    no_user = bytes([0x16]) + FRAME[1:-3] + FRAME[-2:]
+
+    async def test():
+        async with VirtualRadio() as radio:
+            await health_peripheral(radio, "blood_pressure", [user_2, no_user, FRAME]).start()
+            sink = Sink()
+            bpm = transport(radio, sink, user=1)
+            task = asyncio.create_task(bpm.run())
+            await until(lambda: len(sink.observations) == 2 and bpm.status == "connected")
+            assert {o.context["user"] for o in sink.observations} == {"1"}
+            assert sink.rejected == [
+                (BP_MEASUREMENT, "a reading of device user 2, not this patient's user 1",
+                 user_2),
+                (BP_MEASUREMENT, "a reading of device user none given, not this patient's "
+                                 "user 1", no_user)]
+            bpm.stop()
+            await task
+    run(test)
+
+
 def test_a_crashing_parser_or_submit_does_not_stop_the_transport():
     calls = []
 
