@@ -155,6 +155,8 @@ def test_publish_and_receive_in_order(tmp_path, mosquitto, subscriber):
         assert gateway.wait_drained(10)
         assert subscriber.wait_for(lambda ms: len(ids_in(ms)) >= 250, 10)
         assert gateway.delivered == 250
+    # the "offline" of a graceful stop is published as the gateway stops: wait for it to land
+    assert subscriber.wait_for(lambda ms: states(ms)[-1:] == ["offline"], 5)
     received = ids_in(subscriber.messages)
     assert received == [r.id for r in records]  # every one, once, in order
     batches = [len(wire.decode_message(m.payload).records) for m in subscriber.messages
