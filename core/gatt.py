@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime, tzinfo
 from decimal import Decimal
 
-from telemon.drivers import FrameError
+from telemon.drivers import FrameError, ParseContext
 from telemon.models import AbsentReason
 
 SFLOAT_SPECIAL = {0x07FF: AbsentReason.NOT_A_NUMBER, 0x0800: AbsentReason.ERROR,
@@ -102,3 +102,17 @@ def read_value(features: Mapping[str, bytes], short: int) -> bytes | None:
         if short_uuid(key) == short:
             return bytes(value)
     return None
+
+
+def time_stamp(frame: bytes, offset: int, present: bool,
+               ctx: ParseContext) -> tuple[datetime, str, int]:
+    """An optional 7-byte time stamp at `offset`: (effective time, its source, the offset
+    after it). Without one, or with year 0 (unknown), the gateway's receive time is used and
+    the source is "gateway"."""
+    effective = None
+    if present:
+        effective = date_time(take(frame, offset, 7, "time stamp"), ctx.tz)
+        offset += 7
+    if effective is None:
+        return ctx.received, "gateway", offset
+    return effective, "device", offset

@@ -12,7 +12,7 @@ from __future__ import annotations
 from telemon import __version__
 from telemon.codes import KNOWN
 from telemon.drivers import BleMatch, Driver, FrameError, ParseContext
-from telemon.gatt import date_time, sfloat, take
+from telemon.gatt import sfloat, take, time_stamp
 from telemon.hookspecs import hookimpl
 from telemon.models import Component, Observation, reading_id
 
@@ -33,12 +33,7 @@ def parse(frame: bytes, ctx: ParseContext) -> list[Observation]:
     pressures = [sfloat(take(frame, 1 + 2 * i, 2, name))
                  for i, name in enumerate(("systolic", "diastolic", "mean arterial pressure"))]
     offset = 7
-    effective, time_source = None, "device"
-    if flags & 0x02:
-        effective = date_time(take(frame, offset, 7, "time stamp"), ctx.tz)
-        offset += 7
-    if effective is None:
-        effective, time_source = ctx.received, "gateway"
+    effective, time_source, offset = time_stamp(frame, offset, bool(flags & 0x02), ctx)
     pulse = None
     if flags & 0x04:
         pulse = sfloat(take(frame, offset, 2, "pulse rate"))

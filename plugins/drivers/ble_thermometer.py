@@ -30,7 +30,7 @@ from __future__ import annotations
 from telemon import __version__
 from telemon.codes import KNOWN
 from telemon.drivers import BleMatch, Driver, FrameError, ParseContext
-from telemon.gatt import date_time, float32, read_value, short_uuid, take, uuid128
+from telemon.gatt import float32, read_value, short_uuid, take, time_stamp, uuid128
 from telemon.hookspecs import hookimpl
 from telemon.models import Observation, reading_id
 
@@ -54,12 +54,7 @@ def parse(frame: bytes, ctx: ParseContext) -> list[Observation]:
     unit = "[degF]" if flags & 0x01 else "Cel"
     value, absent = float32(take(frame, 1, 4, "temperature"))
     offset = 5
-    effective, time_source = None, "device"
-    if flags & 0x02:
-        effective = date_time(take(frame, offset, 7, "time stamp"), ctx.tz)
-        offset += 7
-    if effective is None:
-        effective, time_source = ctx.received, "gateway"
+    effective, time_source, offset = time_stamp(frame, offset, bool(flags & 0x02), ctx)
     site = None
     if flags & 0x04:
         site = take(frame, offset, 1, "temperature type")[0]

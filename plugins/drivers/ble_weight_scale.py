@@ -32,7 +32,7 @@ from decimal import Decimal
 from telemon import __version__
 from telemon.codes import KNOWN
 from telemon.drivers import BleMatch, Driver, FrameError, ParseContext
-from telemon.gatt import date_time, read_value, short_uuid, take, uint, uuid128
+from telemon.gatt import read_value, short_uuid, take, time_stamp, uint, uuid128
 from telemon.hookspecs import hookimpl
 from telemon.models import AbsentReason, Observation, reading_id
 
@@ -79,12 +79,7 @@ def parse(frame: bytes, ctx: ParseContext) -> list[Observation]:
     imperial = flags & 0x01
     weight_raw = uint(frame, 1, 2, "weight")
     offset = 3
-    effective, time_source = None, "device"
-    if flags & 0x02:
-        effective = date_time(take(frame, offset, 7, "time stamp"), ctx.tz)
-        offset += 7
-    if effective is None:
-        effective, time_source = ctx.received, "gateway"
+    effective, time_source, offset = time_stamp(frame, offset, bool(flags & 0x02), ctx)
     context = {"time_source": time_source, "method": "self-measured"}
     if flags & 0x04:
         user = take(frame, offset, 1, "user id")[0]
