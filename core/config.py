@@ -86,6 +86,7 @@ if TYPE_CHECKING:
 
 ROLES = ("edge", "central")
 DEFAULT_TIMEZONE = "Europe/Copenhagen"
+DEFAULT_ESCALATE_MINUTES = 30.0
 DEFAULT_OUTBOX_MEGABYTES = 512
 LIMIT_KEYS = ("red_low", "yellow_low", "yellow_high", "red_high")
 # The scenarios of simulated patients (telemon.sim.SCENARIOS; tests keep the two equal).
@@ -204,11 +205,18 @@ class EdgeConfig:
 
 
 @dataclass(frozen=True)
+class AlarmsConfig:
+    escalate_red_after_minutes: float  # an unacknowledged red alarm escalates after this
+
+
+@dataclass(frozen=True)
 class CentralConfig:
     role: Literal["central"]
     organisation: str
     broker: BrokerConfig
     storage: StorageConfig
+    timezone: ZoneInfo  # patients' default: measuring deadlines are local times
+    alarms: AlarmsConfig
     modules: Mapping[str, ModuleConfig]
     exporters: Mapping[str, ExporterConfig]
 
@@ -476,10 +484,10 @@ def _schema(role: Any, registry: Registry) -> Table:
         }, build=BrokerConfig, required=True),
         "storage": Table({"path": Value(_text, required=True, convert=Path)},
                          build=StorageConfig, required=True),
+        "timezone": Value(_timezone, default=DEFAULT_TIMEZONE, convert=ZoneInfo),
     }
     edge = {
         "gateway": Value(_ident, required=True),
-        "timezone": Value(_timezone, default=DEFAULT_TIMEZONE, convert=ZoneInfo),
         "outbox": Table({"max_megabytes": Value(_positive, default=DEFAULT_OUTBOX_MEGABYTES,
                                                 convert=float)}, build=OutboxConfig),
         "devices": Array(Table({
@@ -495,6 +503,8 @@ def _schema(role: Any, registry: Registry) -> Table:
             unique="device"),
     }
     central = {
+        "alarms": Table({"escalate_red_after_minutes": Value(
+            _positive, default=DEFAULT_ESCALATE_MINUTES, convert=float)}, build=AlarmsConfig),
         "modules": Table({name: _module(m) for name, m in registry.modules.items()},
                          build=_mapping, omit_absent=True,
                          unknown=_unknown("module", registry.modules, "installed modules")),

@@ -217,6 +217,24 @@ class Enrolment(Record, tag="enrolment"):
     enrolled: AwareDatetime | None = None
 
 
+class Evaluation(Record, tag="evaluation"):
+    """One observation checked against one module's limits for one code: the severity found
+    and the limits in force, kept with it (the national infrastructure copies the ranges into
+    every observation). `code` is the measure key (telemon.codes), e.g. "bp_sys" for the
+    systolic component of a blood pressure. `limits_source` says where the limits came from:
+    "patient v<N>" (the patient's own, version N), "organisation" (the central's config) or
+    "module" (the module's defaults)."""
+
+    observation: Id
+    patient: Id
+    module: str
+    code: str
+    severity: Literal["red", "yellow", "green"]
+    limits: LimitSet
+    limits_source: str
+    evaluated: AwareDatetime
+
+
 AlarmState = Literal["open", "acknowledged", "resolved"]
 
 
@@ -243,3 +261,5 @@ class Alarm(Record, tag="alarm"):
     limits: LimitSet | None = None
     state: AlarmState = "open"
     events: tuple[AlarmEvent, ...] = ()
+    code: str | None = None  # the measure key the rule watched, when it watched one
+    repeats: int = 0  # findings of the same rule folded into this alarm while it was open

@@ -42,6 +42,8 @@ from telemon.plugin_manager import PluginError, call_each
 logger = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+CENTRAL_DATABASE = "central.db"
+"""The central's database file, in its config's storage.path folder."""
 
 _json_encoder = msgspec.json.Encoder(decimal_format="number")  # as the wire: 2.0 stays 2.0
 
@@ -75,6 +77,12 @@ def open_database(path: str | os.PathLike[str], *,
     if pm is not None:
         _prepare_plugins(db, pm)
     return db
+
+
+def central_database_path(storage_path: str | os.PathLike[str]) -> str:
+    """The central's database file in a storage folder (the folder is made owner-only)."""
+    os.makedirs(storage_path, mode=0o700, exist_ok=True)
+    return os.path.join(storage_path, CENTRAL_DATABASE)
 
 
 def _prepare_plugins(db: sqlite_utils.Database, pm: pluggy.PluginManager) -> None:
@@ -255,9 +263,61 @@ def m002_quarantine_source(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE quarantine ADD COLUMN source TEXT NOT NULL DEFAULT 'unknown'")
 
 
+def m003_central(db: sqlite_utils.Database) -> None:
+    """The central: patients (the only personal data), the audit log, each observation's
+    evaluations with the limits in force, debounced alarms and exporters' cursors."""
+    db.executescript("""
+        CREATE TABLE patients (
+            id TEXT PRIMARY KEY,           -- the pseudonym used on the wire
+            organisation TEXT NOT NULL,
+            display_name TEXT NOT NULL,    -- personal data: only ever in this database
+            timezone TEXT NOT NULL,        -- IANA name: deadlines and display are local
+            created TEXT NOT NULL
+        );
+
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,           -- who (a nurse, an administrator, "central")
+            action TEXT NOT NULL,          -- what, e.g. "patient.add", "limits.set"
+            patient TEXT,                  -- whom it concerns, if anyone
+            detail TEXT NOT NULL           -- JSON: the change (before/after, reason)
+        );
+        CREATE INDEX audit_patient_at ON audit (patient, at);
+
+        CREATE TABLE evaluations (
+            observation TEXT NOT NULL REFERENCES observations (id),
+            module TEXT NOT NULL,
+            code TEXT NOT NULL,            -- measure key, e.g. "spo2", "bp_sys"
+            severity TEXT NOT NULL CHECK (severity IN ('red', 'yellow', 'green')),
+            limits TEXT NOT NULL,          -- JSON: the LimitSet in force
+            limits_source TEXT NOT NULL,   -- "patient v<N>", "organisation" or "module"
+            evaluated TEXT NOT NULL,
+            PRIMARY KEY (observation, module, code)
+        ) WITHOUT ROWID;
+
+        ALTER TABLE alarms ADD COLUMN code TEXT;
+        ALTER TABLE alarms ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+        -- debouncing: at most one unresolved alarm per patient, module and rule, even with
+        -- several ingest processes writing at once
+        CREATE UNIQUE INDEX alarms_one_unresolved ON alarms (patient, module, rule)
+            WHERE state != 'resolved';
+        CREATE INDEX alarms_state_severity ON alarms (state, severity);
+
+        CREATE TABLE export_cursors (
+            exporter TEXT NOT NULL,
+            feed TEXT NOT NULL,            -- the table it follows, e.g. "observations"
+            position INTEGER NOT NULL,     -- the last rowid delivered
+            updated TEXT NOT NULL,
+            PRIMARY KEY (exporter, feed)
+        );
+    """ + _append_only("audit"))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
     m002_quarantine_source,
+    m003_central,
 ]
 """Applied in this order, each once. Append only; never edit one that has been released.
 A migration runs inside a transaction, so it uses statements valid there (plain SQL DDL)."""
@@ -348,7 +408,9 @@ def quarantine(db: sqlite_utils.Database, *, source: str, reason: str, payload: 
 
 def _store_alarm(db: sqlite_utils.Database, alarm: Alarm) -> None:
     _insert(db, "alarms", _alarm_row(alarm),
-            "ON CONFLICT (id) DO UPDATE SET state = excluded.state")
+            "ON CONFLICT (id) DO UPDATE SET state = excluded.state, severity = "
+            "excluded.severity, message = excluded.message, observations = "
+            "excluded.observations, limits = excluded.limits, repeats = excluded.repeats")
     stored = db.execute('SELECT at, action, "by", note FROM alarm_events WHERE alarm_id = ? '
                         "ORDER BY id", [alarm.id]).fetchall()
     given = [(_utc(e.at), e.action, e.by, e.note) for e in alarm.events]
@@ -476,6 +538,7 @@ def _alarm_row(alarm: Alarm) -> dict:
         "severity": alarm.severity, "state": alarm.state, "raised": _utc(alarm.raised),
         "message": alarm.message, "observations": _json(alarm.observations),
         "limits": None if alarm.limits is None else _json(alarm.limits),
+        "code": alarm.code, "repeats": alarm.repeats,
     }
 
 

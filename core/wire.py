@@ -20,6 +20,7 @@ from telemon.models import (
     Alarm,
     ConsentEvent,
     Enrolment,
+    Evaluation,
     LimitVersion,
     Observation,
     QuestionnaireResponse,
@@ -27,17 +28,20 @@ from telemon.models import (
 )
 
 VERSION = 1
-AnyRecord = Observation | QuestionnaireResponse | Alarm | Enrolment | LimitVersion | ConsentEvent
+AnyRecord = (Observation | QuestionnaireResponse | Alarm | Enrolment | LimitVersion
+             | ConsentEvent | Evaluation)
 RECORD_TYPES = ("batch", *(cls.__struct_config__.tag for cls in AnyRecord.__args__))
 
 
 class WireError(ValueError):
-    """A payload that is not a valid v1 message; `path` points at the offending part."""
+    """A payload that is not a valid v1 message; `path` points at the offending part and
+    `raw` holds its bytes when it is one item of a batch (so only that item is quarantined)."""
 
-    def __init__(self, reason: str, path: str = "$") -> None:
+    def __init__(self, reason: str, path: str = "$", raw: bytes = b"") -> None:
         super().__init__(f"{reason} - at `{path}`" if path != "$" else reason)
         self.reason = reason
         self.path = path
+        self.raw = raw
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,9 @@ def decode_message(payload: bytes) -> Decoded:
         try:
             records.append(_record_decoder.decode(item))
         except (msgspec.DecodeError, ValueError) as exc:
-            errors.append(_error(exc, prefix=f"$.items[{index}]"))
+            error = _error(exc, prefix=f"$.items[{index}]")
+            error.raw = bytes(item)
+            errors.append(error)
     return Decoded(records, errors)
 
 
