@@ -397,6 +397,19 @@ def store_record(db: sqlite_utils.Database, record: Record) -> Record:
     return record
 
 
+def audit(db: sqlite_utils.Database, *, actor: str, action: str, patient: str | None = None,
+          **detail: object) -> int:
+    """Append one entry to the audit log (who, what, about whom, the change); return its id.
+    Call it inside the transaction that makes the change, so both or neither are kept."""
+    if not actor.strip():
+        raise ValueError("an audited change needs the name of who made it")
+    with transaction(db):
+        cursor = db.execute(
+            "INSERT INTO audit (at, actor, action, patient, detail) VALUES (?, ?, ?, ?, ?)",
+            [_utc(datetime.now(UTC)), actor, action, patient, _json(detail)])
+    return cursor.lastrowid
+
+
 def quarantine(db: sqlite_utils.Database, *, source: str, reason: str, payload: bytes) -> int:
     """Keep input that could not be used, with where it came from and why; return its id."""
     with transaction(db):
