@@ -8,6 +8,7 @@ import sys
 import click
 
 from telemon import __version__, plugin_manager
+from telemon.central import central_command
 from telemon.edge import edge
 
 
@@ -313,6 +314,7 @@ def _observation_json(observation) -> dict:
 
 
 cli.add_command(edge)
+cli.add_command(central_command)
 
 
 def build_cli() -> click.Group:

@@ -65,15 +65,18 @@ import json
 import math
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
 
 from telemon.codes import KNOWN
 from telemon.models import LimitSet
@@ -219,6 +222,9 @@ class CentralConfig:
     alarms: AlarmsConfig
     modules: Mapping[str, ModuleConfig]
     exporters: Mapping[str, ExporterConfig]
+
+
+RoleConfig = TypeVar("RoleConfig", EdgeConfig, CentralConfig)
 
 
 # --- schema nodes and the one validator that walks them ------------------------------------
@@ -616,4 +622,23 @@ def load(path: str | Path, registry: Registry) -> EdgeConfig | CentralConfig:
     config, problems = validate(read(path), registry)
     if problems:
         raise ConfigError(problems)
+    return config
+
+
+def load_or_exit(path: str | Path, kind: type[RoleConfig]) -> RoleConfig:
+    """For commands: the config of the given role in a file, with the installed plugins'
+    registry; every problem printed to stderr and exit status 2 when it cannot be used."""
+    from telemon import plugin_manager  # the plugin manager imports this module
+
+    try:
+        config = load(path, plugin_manager.get()[1])
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{path}: {len(exc.problems)} problem(s)", err=True)
+        sys.exit(2)
+    if not isinstance(config, kind):
+        role = "edge" if kind is EdgeConfig else "central"
+        click.echo(f'{path}: role is "{config.role}", not "{role}"', err=True)
+        sys.exit(2)
     return config

@@ -77,7 +77,7 @@ import paho.mqtt.client as paho
 
 from telemon import mqtt, plugin_manager
 from telemon.backoff import Backoff
-from telemon.config import BrokerConfig, ConfigError, DeviceConfig, EdgeConfig
+from telemon.config import BrokerConfig, DeviceConfig, EdgeConfig, load_or_exit
 from telemon.drivers import Driver, ParseContext
 from telemon.models import Record
 from telemon.outbox import Entry, LastReading, Outbox, OutboxStats, PutResult, outbox_path
@@ -844,20 +844,7 @@ def _alive(pid: Any) -> bool:
 # --- the command line ---------------------------------------------------------------------
 
 def _load_config(path: str) -> EdgeConfig:
-    from telemon.config import load
-
-    registry = plugin_manager.get()[1]
-    try:
-        config = load(path, registry)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem), err=True)
-        click.echo(f"{path}: {len(exc.problems)} problem(s)", err=True)
-        sys.exit(2)
-    if not isinstance(config, EdgeConfig):
-        click.echo(f'{path}: role is "{config.role}", not "edge"', err=True)
-        sys.exit(2)
-    return config
+    return load_or_exit(path, EdgeConfig)
 
 
 @click.group(name="edge", invoke_without_command=True)

@@ -40,10 +40,14 @@ class Finding:
 
 @dataclass(frozen=True)
 class Rule:
+    """A trend rule: evaluated on the recent series of each code it watches whenever a new
+    reading of that code arrives; a finding raises (or is folded into) this rule's alarm."""
+
     name: str
     description: str  # cites the clinical source
     codes: tuple[str, ...]
     evaluate: Callable[[Series], Sequence[Finding]]
+    window: timedelta = timedelta(days=30)  # how much history the series holds
 
 
 @dataclass(frozen=True)

@@ -123,13 +123,15 @@ def status_payload(state: str, gateway: str, **fields: Any) -> bytes:
 
 def make_client(broker: BrokerConfig, client_id: str, *,
                 protocol: MQTTProtocolVersion = MQTTv5,
-                will: tuple[str, bytes] | None = None) -> paho.Client:
+                will: tuple[str, bytes] | None = None, manual_ack: bool = False) -> paho.Client:
     """A paho-mqtt 2 client for `broker`: callback API 2, persistent session, credentials
     and TLS from the config, and an optional retained QoS 1 last will (topic, payload).
+    `manual_ack`: received QoS 1 messages are acknowledged by `client.ack(mid, qos)` only.
     Connect it with `client.connect(**connect_arguments(broker, protocol))`."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=_segment(client_id, "client id"),
                          protocol=protocol,
-                         clean_session=None if protocol == MQTTv5 else False)
+                         clean_session=None if protocol == MQTTv5 else False,
+                         manual_ack=manual_ack)
     if broker.username is not None:
         password = broker.password.resolve() if broker.password is not None else None
         client.username_pw_set(broker.username, password)

@@ -28,9 +28,11 @@ import sqlite_utils
 from telemon import wire
 from telemon.models import (
     Alarm,
+    AlarmEvent,
     Code,
     ConsentEvent,
     Enrolment,
+    Evaluation,
     LimitSet,
     LimitVersion,
     Observation,
@@ -304,6 +306,17 @@ def m003_central(db: sqlite_utils.Database) -> None:
             WHERE state != 'resolved';
         CREATE INDEX alarms_state_severity ON alarms (state, severity);
 
+        -- every alarm event, whoever made it (the central, a nurse's dashboard), waits here
+        -- until the central has published it on the alarms topic and the broker took it
+        CREATE TABLE alarm_outbox (
+            event INTEGER PRIMARY KEY REFERENCES alarm_events (id),
+            alarm_id TEXT NOT NULL,
+            claimed_by TEXT,               -- the central process publishing it
+            claimed_at TEXT
+        );
+        CREATE TRIGGER alarm_events_to_outbox AFTER INSERT ON alarm_events
+        BEGIN INSERT INTO alarm_outbox (event, alarm_id) VALUES (new.id, new.alarm_id); END;
+
         CREATE TABLE export_cursors (
             exporter TEXT NOT NULL,
             feed TEXT NOT NULL,            -- the table it follows, e.g. "observations"
@@ -334,7 +347,7 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
                 continue
             migration(db)
             db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)",
-                       [name, _utc(datetime.now(UTC))])
+                       [name, utc_text(datetime.now(UTC))])
         logger.info("database migration %s applied", name)
         applied.append(name)
     known = {m.__name__ for m in MIGRATIONS}
@@ -349,18 +362,30 @@ def migrate(db: sqlite_utils.Database) -> list[str]:
 
 
 def store_observations(db: sqlite_utils.Database, observations: Iterable[Observation], *,
-                       received: datetime | None = None) -> int:
+                       received: datetime | None = None) -> list[Observation]:
     """Store observations in one transaction; an id already stored is skipped (re-delivery
     is harmless). A record without a received time gets `received` (default: now, UTC).
-    Return how many were new."""
+    Return the new ones, as stored."""
     received = received or datetime.now(UTC)
-    new = 0
+    new = []
     with transaction(db):
         for obs in observations:
             if obs.received is None:
                 obs = msgspec.structs.replace(obs, received=received)
-            new += _insert(db, "observations", _observation_row(obs), "ON CONFLICT (id) DO NOTHING")
+            if _insert(db, "observations", _observation_row(obs), "ON CONFLICT (id) DO NOTHING"):
+                new.append(obs)
     return new
+
+
+def store_questionnaire_response(db: sqlite_utils.Database, response: QuestionnaireResponse, *,
+                                 received: datetime | None = None) -> bool:
+    """Store a questionnaire response once per id (received: as store_observations); True if
+    it was new."""
+    if response.received is None:
+        response = msgspec.structs.replace(response, received=received or datetime.now(UTC))
+    with transaction(db):
+        return bool(_insert(db, "questionnaire_responses", _questionnaire_row(response),
+                            "ON CONFLICT (id) DO NOTHING"))
 
 
 def store_record(db: sqlite_utils.Database, record: Record) -> Record:
@@ -377,10 +402,7 @@ def store_record(db: sqlite_utils.Database, record: Record) -> Record:
             case Observation():
                 store_observations(db, [record])
             case QuestionnaireResponse():
-                if record.received is None:
-                    record = msgspec.structs.replace(record, received=datetime.now(UTC))
-                _insert(db, "questionnaire_responses", _questionnaire_row(record),
-                        "ON CONFLICT (id) DO NOTHING")
+                store_questionnaire_response(db, record)
             case Alarm():
                 _store_alarm(db, record)
             case Enrolment():
@@ -406,7 +428,7 @@ def audit(db: sqlite_utils.Database, *, actor: str, action: str, patient: str | 
     with transaction(db):
         cursor = db.execute(
             "INSERT INTO audit (at, actor, action, patient, detail) VALUES (?, ?, ?, ?, ?)",
-            [_utc(datetime.now(UTC)), actor, action, patient, _json(detail)])
+            [utc_text(datetime.now(UTC)), actor, action, patient, _json(detail)])
     return cursor.lastrowid
 
 
@@ -415,7 +437,7 @@ def quarantine(db: sqlite_utils.Database, *, source: str, reason: str, payload: 
     with transaction(db):
         cursor = db.execute(
             "INSERT INTO quarantine (received, source, reason, payload) VALUES (?, ?, ?, ?)",
-            [_utc(datetime.now(UTC)), source, reason, bytes(payload)])
+            [utc_text(datetime.now(UTC)), source, reason, bytes(payload)])
     return cursor.lastrowid
 
 
@@ -426,7 +448,7 @@ def _store_alarm(db: sqlite_utils.Database, alarm: Alarm) -> None:
             "excluded.observations, limits = excluded.limits, repeats = excluded.repeats")
     stored = db.execute('SELECT at, action, "by", note FROM alarm_events WHERE alarm_id = ? '
                         "ORDER BY id", [alarm.id]).fetchall()
-    given = [(_utc(e.at), e.action, e.by, e.note) for e in alarm.events]
+    given = [(utc_text(e.at), e.action, e.by, e.note) for e in alarm.events]
     if given[:len(stored)] != stored:
         raise ValueError(f"alarm {alarm.id}: its stored audit trail ({len(stored)} events) is "
                          "not the start of the given one; the trail is append-only")
@@ -440,7 +462,7 @@ def _store_limit_version(db: sqlite_utils.Database, new: LimitVersion) -> LimitV
     where = "patient = ? AND code_system = ? AND code = ?"
     current = db.execute(f"SELECT version, valid_from FROM limits WHERE {where} "
                          "ORDER BY version DESC LIMIT 1", key).fetchone()
-    valid_from = _utc(new.valid_from)
+    valid_from = utc_text(new.valid_from)
     version = 1
     if current is not None:
         version = current[0] + 1
@@ -454,13 +476,60 @@ def _store_limit_version(db: sqlite_utils.Database, new: LimitVersion) -> LimitV
     _insert(db, "limits", {
         "patient": new.patient, "code_system": new.code.system, "code": new.code.code,
         "code_display": new.code.display, "version": version, "limits": _json(new.limits),
-        "valid_from": valid_from, "valid_to": _utc(new.valid_to) if new.valid_to else None,
+        "valid_from": valid_from, "valid_to": utc_text(new.valid_to) if new.valid_to else None,
         "author": new.author, "reason": new.reason,
     })
     return new
 
 
+def store_evaluations(db: sqlite_utils.Database, evaluations: Iterable[Evaluation]) -> None:
+    """Keep what each observation was checked against (once per observation, module, code)."""
+    rows = [(e.observation, e.module, e.code, e.severity, _json(e.limits), e.limits_source,
+             utc_text(e.evaluated)) for e in evaluations]
+    with transaction(db):
+        db.conn.executemany(
+            "INSERT INTO evaluations (observation, module, code, severity, limits, "
+            "limits_source, evaluated) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            rows)
+
+
 # --- reading ------------------------------------------------------------------------------
+
+
+_ALARM_COLUMNS = ("id, patient, module, rule, severity, state, raised, message, observations, "
+                  "limits, code, repeats")
+
+
+def get_alarm(db: sqlite_utils.Database, id: str) -> Alarm:
+    """The alarm with this id and its whole audit trail; KeyError if there is none."""
+    row = db.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE id = ?", [id]).fetchone()
+    if row is None:
+        raise KeyError(id)
+    return _alarm(db, row)
+
+
+def unresolved_alarm(db: sqlite_utils.Database, patient: str, module: str,
+                     rule: str) -> Alarm | None:
+    """The one alarm of this rule for this patient that is not resolved yet, if any."""
+    row = db.execute(f"SELECT {_ALARM_COLUMNS} FROM alarms WHERE patient = ? AND module = ? "
+                     "AND rule = ? AND state != 'resolved'", [patient, module, rule]).fetchone()
+    return None if row is None else _alarm(db, row)
+
+
+def _alarm(db: sqlite_utils.Database, row: tuple) -> Alarm:
+    (id_, patient, module, rule, severity, state, raised, message, observations, limits,
+     code, repeats) = row
+    events = tuple(
+        AlarmEvent(at=datetime.fromisoformat(at), action=action, by=by, note=note)
+        for at, action, by, note in db.execute(
+            'SELECT at, action, "by", note FROM alarm_events WHERE alarm_id = ? ORDER BY id',
+            [id_]))
+    return Alarm(id=id_, patient=patient, module=module, rule=rule, severity=severity,
+                 state=state, raised=datetime.fromisoformat(raised), message=message,
+                 observations=tuple(msgspec.json.decode(observations)),
+                 limits=None if limits is None else msgspec.json.decode(limits, type=LimitSet),
+                 code=code, repeats=repeats, events=events)
+
 
 
 def get_observation(db: sqlite_utils.Database, id: str) -> Observation:
@@ -509,7 +578,7 @@ def _insert(db: sqlite_utils.Database, table: str, row: dict, conflict: str = ""
                       row).rowcount
 
 
-def _utc(moment: datetime) -> str:
+def utc_text(moment: datetime) -> str:
     """Fixed-width UTC ISO 8601, so that text order is time order."""
     if moment.tzinfo is None:
         raise ValueError(f"a naive time cannot be stored: {moment.isoformat()}")
@@ -529,8 +598,8 @@ def _observation_row(obs: Observation) -> dict:
         "absent": None if obs.absent is None else str(obs.absent),
         "components": _json(obs.components), "flags": _json(obs.flags),
         "context": _json(obs.context), "raw": obs.raw, "driver": obs.driver,
-        "driver_version": obs.driver_version, "effective": _utc(obs.effective),
-        "received": _utc(obs.received), "wire": wire.encode(obs).decode(),
+        "driver_version": obs.driver_version, "effective": utc_text(obs.effective),
+        "received": utc_text(obs.received), "wire": wire.encode(obs).decode(),
     }
 
 
@@ -539,7 +608,7 @@ def _questionnaire_row(qr: QuestionnaireResponse) -> dict:
     return {
         "id": qr.id, "patient": qr.patient, "gateway": qr.gateway,
         "questionnaire": qr.questionnaire, "version": qr.version,
-        "authored": _utc(qr.authored), "received": _utc(qr.received),
+        "authored": utc_text(qr.authored), "received": utc_text(qr.received),
         "answers": _json(qr.answers), "scores": _json(qr.scores),
         "wire": wire.encode(qr).decode(),
     }
@@ -548,7 +617,7 @@ def _questionnaire_row(qr: QuestionnaireResponse) -> dict:
 def _alarm_row(alarm: Alarm) -> dict:
     return {
         "id": alarm.id, "patient": alarm.patient, "module": alarm.module, "rule": alarm.rule,
-        "severity": alarm.severity, "state": alarm.state, "raised": _utc(alarm.raised),
+        "severity": alarm.severity, "state": alarm.state, "raised": utc_text(alarm.raised),
         "message": alarm.message, "observations": _json(alarm.observations),
         "limits": None if alarm.limits is None else _json(alarm.limits),
         "code": alarm.code, "repeats": alarm.repeats,
@@ -559,13 +628,13 @@ def _enrolment_row(enrolment: Enrolment) -> dict:
     return {
         "patient": enrolment.patient, "organisation": enrolment.organisation,
         "modules": _json(enrolment.modules), "gateways": _json(enrolment.gateways),
-        "enrolled": _utc(enrolment.enrolled) if enrolment.enrolled else None,
+        "enrolled": utc_text(enrolment.enrolled) if enrolment.enrolled else None,
     }
 
 
 def _consent_row(event: ConsentEvent) -> dict:
     return {
         "id": event.id, "patient": event.patient, "purpose": event.purpose,
-        "granted": int(event.granted), "at": _utc(event.at), "recorded_by": event.recorded_by,
+        "granted": int(event.granted), "at": utc_text(event.at), "recorded_by": event.recorded_by,
     }
 

@@ -113,7 +113,7 @@ def test_observation_round_trips_exactly(db, path):
              flags=("cuff-loose",), context={"time_source": "device", "position": "sitting"})
     weight = obs("w-1", value=Decimal("2.0"), unit="kg")
     special = obs("s-1", value=None, absent=AbsentReason.ERROR)
-    assert store.store_observations(db, [bp, weight, special], received=received) == 3
+    assert len(store.store_observations(db, [bp, weight, special], received=received)) == 3
 
     for original in (bp, weight, special):
         expected = msgspec.structs.replace(original, received=received)
@@ -144,9 +144,9 @@ def test_unknown_observation_is_a_key_error(db):
 
 def test_storing_the_same_observation_twice_stores_it_once(db):
     first = datetime(2025, 3, 1, 7, 0, tzinfo=UTC)
-    assert store.store_observations(db, [obs()], received=first) == 1
-    assert store.store_observations(db, [obs()], received=first + timedelta(hours=1)) == 0
-    assert store.store_observations(db, [obs("obs-2"), obs("obs-2"), obs()]) == 1
+    assert len(store.store_observations(db, [obs()], received=first)) == 1
+    assert len(store.store_observations(db, [obs()], received=first + timedelta(hours=1))) == 0
+    assert len(store.store_observations(db, [obs("obs-2"), obs("obs-2"), obs()])) == 1
     assert db["observations"].count == 2
     assert store.get_observation(db, "obs-1").received == first  # the first delivery's
 
@@ -170,7 +170,7 @@ def test_a_bad_observation_leaves_nothing_of_its_batch(db, path):
 
 def test_a_failing_write_leaves_nothing_of_its_transaction(db, path):
     with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.transaction(db):
-        assert store.store_observations(db, [obs()]) == 1
+        assert len(store.store_observations(db, [obs()])) == 1
         store.quarantine(db, source="config", reason="test", payload=b"x")
         db.execute('INSERT INTO alarm_events (alarm_id, at, action, "by", note) '
                    "VALUES ('no-such-alarm', '2025-01-01', 'note', 'nurse', '')")
@@ -178,7 +178,7 @@ def test_a_failing_write_leaves_nothing_of_its_transaction(db, path):
     assert committed(path, "SELECT count(*) FROM quarantine") == [(0,)]
     assert db["observations"].count == 0
     # and the connection is usable again
-    assert store.store_observations(db, [obs()]) == 1
+    assert len(store.store_observations(db, [obs()])) == 1
     assert committed(path, "SELECT count(*) FROM observations") == [(1,)]
 
 
@@ -405,5 +405,5 @@ def test_a_failing_plugin_is_logged_and_the_database_still_opens(path, caplog):
     assert "plugin_notes" in db.table_names()
     assert "half_prepared" not in db.table_names()  # its open transaction was rolled back
     assert not db.conn.in_transaction
-    assert store.store_observations(db, [obs()]) == 1
+    assert len(store.store_observations(db, [obs()])) == 1
     assert committed(path, "SELECT count(*) FROM observations") == [(1,)]

@@ -1,0 +1,826 @@
+"""Enrolment and administration: patients, their limits, modules, gateways and consent.
+
+Plain functions (the nurse dashboard calls them too) and, below them, the click groups of
+the `telemon` command line. Every change is one transaction together with its audit entry
+(store.audit: who, when, what, the change), so a change is never kept without its record.
+Reads of personal data by a person (`patient show`, `patient list`, `limits history`) are
+audited as well.
+
+Personal data (the display name) lives only in the central's `patients` table. Everything
+else - the wire, MQTT topics, logs, audit details and error messages - names a citizen by
+pseudonym only, so no message here ever contains a display name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import os
+import sqlite3
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+import msgspec
+import sqlite_utils
+
+from telemon import plugin_manager, store
+from telemon.codes import KNOWN, lookup
+from telemon.config import CPR, ID, CentralConfig, ConfigError
+from telemon.config import load as load_config
+from telemon.models import (
+    Code,
+    ConsentEvent,
+    ConsentPurpose,
+    Enrolment,
+    LimitSet,
+    LimitVersion,
+    new_id,
+)
+
+CONSENT_PURPOSES: tuple[str, ...] = get_args(ConsentPurpose)
+JSON = msgspec.json.Encoder(decimal_format="number")  # as the wire: 2.0 stays 2.0
+_DETAIL = msgspec.json.Decoder(float_hook=Decimal)  # audit details back without rounding
+
+
+class AdminError(Exception):
+    """A change or read that cannot be done: an unknown patient, a duplicate, a gateway
+    already bound. The message is one line and names citizens by pseudonym only."""
+
+
+class InvalidInput(AdminError):
+    """Input that can never be right: a malformed id, an unknown module or code, limits out
+    of order or outside the code's plausible range."""
+
+
+@dataclass(frozen=True)
+class Patient:
+    """A patient as the central knows them: pseudonym, personal data and enrolment."""
+
+    id: str
+    organisation: str
+    display_name: str = field(repr=False)  # personal data: kept out of reprs and tracebacks
+    timezone: ZoneInfo
+    created: datetime
+    enrolment: Enrolment
+
+
+@dataclass(frozen=True)
+class PatientOverview:
+    """What `patient show` shows: the patient, the limits and consent in force now."""
+
+    patient: Patient
+    limits: list[LimitVersion]
+    consent: dict[str, ConsentEvent]  # purpose -> the latest event for it
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    patient: str | None
+    detail: dict[str, Any]
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _check_id(value: str, what: str) -> str:
+    """A pseudonymous id (telemon.models.Id); a CPR number is refused without repeating it."""
+    if what == "patient" and CPR.fullmatch(value):
+        raise InvalidInput("the patient id looks like a CPR number: use the citizen's "
+                           "pseudonymous id")
+    if not ID.fullmatch(value):
+        raise InvalidInput(f"{what} id {value!r} must be 1 to 64 letters, digits and . _ : -")
+    return value
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"unknown time zone {name!r} (an IANA name such as "
+                           "Europe/Copenhagen)") from None
+
+
+def _check_module(module: str, installed: Collection[str]) -> str:
+    if module not in installed:
+        raise InvalidInput(f"unknown module {module!r} (installed modules: "
+                           f"{', '.join(sorted(installed)) or 'none'})")
+    return module
+
+
+def _check_limits(code_key: str, limits: LimitSet) -> None:
+    """Each set limit within the code's plausible range (its order LimitSet has checked)."""
+    measure = KNOWN[code_key]
+    low, high = measure.plausible
+    given = {f: getattr(limits, f) for f in LimitSet.__struct_fields__}
+    if all(value is None for value in given.values()):
+        raise InvalidInput(f"no limits given for {code_key}: set at least one of "
+                           f"{', '.join(given)}")
+    for name, value in given.items():
+        if value is not None and not low <= value <= high:
+            raise InvalidInput(f"{code_key} {name} {value} is outside the plausible range "
+                               f"{low:g} to {high:g} {measure.unit}")
+
+
+# --- patients -------------------------------------------------------------------------------
+
+
+def add_patient(db: sqlite_utils.Database, *, patient: str, organisation: str,
+                display_name: str, timezone: str, modules: Collection[str],
+                gateways: Collection[str] = (), actor: str,
+                installed_modules: Collection[str]) -> Patient:
+    """Enrol a new patient: their row in `patients` and their Enrolment, audited."""
+    _check_id(patient, "patient")
+    for gateway in gateways:
+        _check_id(gateway, "gateway")
+    if not display_name.strip():
+        raise InvalidInput(f"patient {patient}: a display name is required")
+    zone = _zone(timezone)
+    modules = tuple(dict.fromkeys(_check_module(m, installed_modules) for m in modules))
+    if not modules:
+        raise InvalidInput(f"patient {patient}: enrol with at least one module")
+    gateways = tuple(dict.fromkeys(gateways))
+    now = datetime.now(UTC)
+    with store.transaction(db):
+        if db.execute("SELECT 1 FROM patients WHERE id = ?", [patient]).fetchone():
+            raise AdminError(f"patient {patient} already exists")
+        db.execute("INSERT INTO patients (id, organisation, display_name, timezone, created) "
+                   "VALUES (?, ?, ?, ?, ?)",
+                   [patient, organisation, display_name, zone.key, store._utc(now)])
+        store.store_record(db, Enrolment(patient=patient, organisation=organisation,
+                                         modules=modules, gateways=gateways, enrolled=now))
+        # the display name stays in `patients` only: the audit says that it was set
+        store.audit(db, actor=actor, action="patient.add", patient=patient,
+                    organisation=organisation, timezone=zone.key, modules=modules,
+                    gateways=gateways)
+    return get_patient(db, patient)
+
+
+_PATIENT_QUERY = """
+    SELECT p.id, p.organisation, p.display_name, p.timezone, p.created,
+           e.modules, e.gateways, e.enrolled
+    FROM patients p LEFT JOIN enrolments e ON e.patient = p.id AND e.organisation = p.organisation
+"""
+
+
+def _patient(row: tuple) -> Patient:
+    id_, organisation, display_name, zone, created, modules, gateways, enrolled = row
+    enrolment = Enrolment(
+        patient=id_, organisation=organisation,
+        modules=tuple(msgspec.json.decode(modules)) if modules else (),
+        gateways=tuple(msgspec.json.decode(gateways)) if gateways else (),
+        enrolled=datetime.fromisoformat(enrolled) if enrolled else None)
+    return Patient(id=id_, organisation=organisation, display_name=display_name,
+                   timezone=ZoneInfo(zone), created=datetime.fromisoformat(created),
+                   enrolment=enrolment)
+
+
+def get_patient(db: sqlite_utils.Database, patient: str) -> Patient:
+    """The patient with this pseudonym; AdminError if there is none. Not audited: a person's
+    read goes through show_patient (or audits itself)."""
+    row = db.execute(f"{_PATIENT_QUERY} WHERE p.id = ?", [patient]).fetchone()
+    if row is None:
+        raise AdminError(f"unknown patient {patient}")
+    return _patient(row)
+
+
+def list_patients(db: sqlite_utils.Database, organisation: str,
+                  module: str | None = None) -> list[Patient]:
+    """The organisation's patients by pseudonym, only those with `module` if given."""
+    rows = db.execute(f"{_PATIENT_QUERY} WHERE p.organisation = ? ORDER BY p.id",
+                      [organisation])
+    patients = [_patient(row) for row in rows]
+    return [p for p in patients if module is None or module in p.enrolment.modules]
+
+
+def show_patient(db: sqlite_utils.Database, patient: str, *, actor: str,
+                 at: datetime | None = None) -> PatientOverview:
+    """The patient with the limits and consent in force at `at` (now), audited as a read."""
+    with store.transaction(db):
+        overview = PatientOverview(get_patient(db, patient), limits_in_force(db, patient, at),
+                                   consent_in_force(db, patient))
+        store.audit(db, actor=actor, action="patient.show", patient=patient)
+    return overview
+
+
+# --- limits ---------------------------------------------------------------------------------
+
+
+def set_limits(db: sqlite_utils.Database, *, patient: str, code_key: str, limits: LimitSet,
+               reason: str, actor: str, valid_from: datetime | None = None) -> LimitVersion:
+    """Add the next version of a patient's limits for one code (versions are never
+    overwritten: the current one ends when this one starts); audited with before/after."""
+    if code_key not in KNOWN:
+        raise InvalidInput(f"unknown code {code_key!r} (known codes: {', '.join(KNOWN)})")
+    _check_limits(code_key, limits)
+    if not reason.strip():
+        raise InvalidInput("a reason is required for new limits (it is kept with them)")
+    valid_from = valid_from or datetime.now(UTC)
+    if valid_from.tzinfo is None:
+        raise InvalidInput("valid_from needs a time zone")
+    code = KNOWN[code_key].code
+    with store.transaction(db):
+        get_patient(db, patient)
+        history = store.limit_history(db, patient, code)
+        try:
+            stored = store.store_record(db, LimitVersion(
+                patient=patient, code=code, limits=limits, valid_from=valid_from,
+                author=actor, reason=reason))
+        except ValueError as exc:  # starts before the current version
+            raise AdminError(str(exc)) from None
+        store.audit(db, actor=actor, action="limits.set", patient=patient, code=code_key,
+                    version=stored.version, valid_from=stored.valid_from,
+                    before=history[-1].limits if history else None, after=limits,
+                    reason=reason)
+    return stored
+
+
+def limit_versions(db: sqlite_utils.Database, patient: str) -> list[LimitVersion]:
+    """Every version of every one of a patient's limits, by code, oldest first."""
+    codes = db.execute("SELECT DISTINCT code_system, code FROM limits WHERE patient = ? "
+                       "ORDER BY code_system, code", [patient]).fetchall()
+    return [version for system, code in codes
+            for version in store.limit_history(db, patient, Code(system, code))]
+
+
+def limits_in_force(db: sqlite_utils.Database, patient: str,
+                    at: datetime | None = None) -> list[LimitVersion]:
+    """For each code, the version of the patient's limits in force at `at` (now)."""
+    at = at or datetime.now(UTC)
+    return [v for v in limit_versions(db, patient)
+            if v.valid_from <= at and (v.valid_to is None or at < v.valid_to)]
+
+
+def code_key(code: Code) -> str:
+    """The short name (telemon.codes) of a coding, or its code when it is not a known one."""
+    known = lookup(code)
+    return known.key if known else code.code
+
+
+def describe_limits(limits: LimitSet) -> str:
+    """Limits in a few words: "red < 88, yellow < 90" (a value beyond a limit is that colour)."""
+    parts = [f"red < {limits.red_low}" if limits.red_low is not None else "",
+             f"yellow < {limits.yellow_low}" if limits.yellow_low is not None else "",
+             f"yellow > {limits.yellow_high}" if limits.yellow_high is not None else "",
+             f"red > {limits.red_high}" if limits.red_high is not None else ""]
+    return ", ".join(p for p in parts if p) or "no limits"
+
+
+# --- modules and gateways -------------------------------------------------------------------
+
+
+def _change_enrolment(db: sqlite_utils.Database, *, patient: str, actor: str, action: str,
+                      change: Callable[[Enrolment], Enrolment], **detail: object) -> Enrolment:
+    """Store the enrolment `change` makes of the patient's current one, audited with its
+    modules and gateways before and after."""
+    with store.transaction(db):
+        before = get_patient(db, patient).enrolment
+        after = change(before)
+        store.store_record(db, after)
+        store.audit(db, actor=actor, action=action, patient=patient, **detail,
+                    before={"modules": before.modules, "gateways": before.gateways},
+                    after={"modules": after.modules, "gateways": after.gateways})
+    return after
+
+
+def enable_module(db: sqlite_utils.Database, *, patient: str, module: str, actor: str,
+                  installed_modules: Collection[str]) -> Enrolment:
+    """Monitor the patient with one more disease module."""
+    _check_module(module, installed_modules)
+
+    def change(enrolment: Enrolment) -> Enrolment:
+        if module in enrolment.modules:
+            raise AdminError(f"module {module} is already enabled for {patient}")
+        return msgspec.structs.replace(enrolment, modules=(*enrolment.modules, module))
+
+    return _change_enrolment(db, patient=patient, actor=actor, action="module.enable",
+                             change=change, module=module)
+
+
+def disable_module(db: sqlite_utils.Database, *, patient: str, module: str,
+                   actor: str) -> Enrolment:
+    """Stop monitoring the patient with a module (no installed check: a module since
+    uninstalled can still be switched off)."""
+    def change(enrolment: Enrolment) -> Enrolment:
+        if module not in enrolment.modules:
+            raise AdminError(f"module {module} is not enabled for {patient} (enabled: "
+                             f"{', '.join(enrolment.modules) or 'none'})")
+        return msgspec.structs.replace(
+            enrolment, modules=tuple(m for m in enrolment.modules if m != module))
+
+    return _change_enrolment(db, patient=patient, actor=actor, action="module.disable",
+                             change=change, module=module)
+
+
+def bind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
+                 actor: str) -> Enrolment:
+    """Let a gateway report for the patient. A gateway may serve several patients of one
+    home, and a patient may have several gateways."""
+    _check_id(gateway, "gateway")
+
+    def change(enrolment: Enrolment) -> Enrolment:
+        if gateway in enrolment.gateways:
+            raise AdminError(f"gateway {gateway} is already bound to {patient}")
+        return msgspec.structs.replace(enrolment, gateways=(*enrolment.gateways, gateway))
+
+    return _change_enrolment(db, patient=patient, actor=actor, action="gateway.bind",
+                             change=change, gateway=gateway)
+
+
+def unbind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
+                   actor: str) -> Enrolment:
+    """Stop a gateway reporting for the patient."""
+    def change(enrolment: Enrolment) -> Enrolment:
+        if gateway not in enrolment.gateways:
+            raise AdminError(f"gateway {gateway} is not bound to {patient} (bound: "
+                             f"{', '.join(enrolment.gateways) or 'none'})")
+        return msgspec.structs.replace(
+            enrolment, gateways=tuple(g for g in enrolment.gateways if g != gateway))
+
+    return _change_enrolment(db, patient=patient, actor=actor, action="gateway.unbind",
+                             change=change, gateway=gateway)
+
+
+# --- consent and audit ----------------------------------------------------------------------
+
+
+def record_consent(db: sqlite_utils.Database, *, patient: str, purpose: str, granted: bool,
+                   actor: str) -> ConsentEvent:
+    """Append a consent given or withdrawn (consent is this stream of events, not a flag)."""
+    if purpose not in CONSENT_PURPOSES:
+        raise InvalidInput(f"unknown consent purpose {purpose!r} (purposes: "
+                           f"{', '.join(CONSENT_PURPOSES)})")
+    event = ConsentEvent(id=new_id(), patient=patient, purpose=purpose, granted=granted,
+                         at=datetime.now(UTC), recorded_by=actor)
+    with store.transaction(db):
+        get_patient(db, patient)
+        store.store_record(db, event)
+        store.audit(db, actor=actor, action="consent.grant" if granted else "consent.withdraw",
+                    patient=patient, purpose=purpose, event=event.id)
+    return event
+
+
+def consent_in_force(db: sqlite_utils.Database, patient: str) -> dict[str, ConsentEvent]:
+    """For each purpose the patient was ever asked about, the latest event: in force when
+    it is a grant."""
+    return {event.purpose: event for event in store.consent_history(db, patient)}
+
+
+def audit_entries(db: sqlite_utils.Database, patient: str | None = None,
+                  since: datetime | None = None) -> list[AuditEntry]:
+    """Audit entries in the order they were made, about one patient and from `since` if
+    given."""
+    where, params = [], []
+    if patient is not None:
+        where.append("patient = ?")
+        params.append(patient)
+    if since is not None:
+        where.append("at >= ?")
+        params.append(store._utc(since))
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = db.execute(f"SELECT id, at, actor, action, patient, detail FROM audit {clause} "
+                      "ORDER BY id", params)
+    return [AuditEntry(id_, datetime.fromisoformat(at), actor, action, who,
+                       _DETAIL.decode(detail))
+            for id_, at, actor, action, who, detail in rows]
+
+
+# --- command line: shared pieces ------------------------------------------------------------
+
+
+class CommandError(click.ClickException):
+    """A one-line "Error: ..." on stderr with exit code 2 (bad input) or 1 (refused)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn what the functions above refuse into a one-line error, never a traceback."""
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InvalidInput as exc:
+            raise CommandError(str(exc), 2) from None
+        except AdminError as exc:
+            raise CommandError(str(exc), 1) from None
+        except sqlite3.Error as exc:  # a locked or unreadable database
+            raise CommandError(f"database: {exc}", 1) from None
+    return run
+
+
+@dataclass(frozen=True)
+class Central:
+    config: CentralConfig
+    db: sqlite_utils.Database
+    installed_modules: Mapping[str, Any]
+
+
+@contextlib.contextmanager
+def open_central(config_path: str) -> Iterator[Central]:
+    """The central's config and database, for one command."""
+    pm, registry = plugin_manager.get()
+    try:
+        config = load_config(config_path, registry)
+    except ConfigError as exc:
+        more = len(exc.problems) - 1
+        rest = f" (and {more} more: telemon config check {config_path})" if more else ""
+        raise CommandError(f"{config_path}: {exc.problems[0]}{rest}", 2) from None
+    if not isinstance(config, CentralConfig):
+        raise CommandError(f"{config_path} is an edge config: these commands need the "
+                           "central's", 2)
+    db = store.open_database(store.central_database_path(config.storage.path), pm=pm)
+    try:
+        yield Central(config, db, registry.modules)
+    finally:
+        db.close()
+
+
+def _default_actor() -> str:
+    """Who is making the change: $TELEMON_USER, else the login name."""
+    if user := os.environ.get("TELEMON_USER", "").strip():
+        return user
+    with contextlib.suppress(OSError, KeyError):  # no login name in some containers
+        return getpass.getuser()
+    return ""
+
+
+def _nonblank_actor(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("say who you are: --by NAME or set TELEMON_USER")
+    return value.strip()
+
+
+config_option = click.option(
+    "--config", "config_path", required=True, metavar="CENTRAL_TOML",
+    help="The central's config file (its storage.path holds the database).")
+by_option = click.option(
+    "--by", "actor", default=_default_actor, callback=_nonblank_actor,
+    show_default="$TELEMON_USER, else the login name",
+    help="Who makes the change or reads the data (recorded in the audit log).")
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="Print JSON (times in UTC) instead of a table.")
+
+
+class _DecimalType(click.ParamType):
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Decimal:
+        try:
+            number = Decimal(str(value))
+        except InvalidOperation:
+            number = None
+        if number is None or not number.is_finite():
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
+def parse_time(text: str, zone: ZoneInfo, what: str) -> datetime:
+    """An ISO 8601 date or time; one without an offset is local time in `zone`."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{what}: {text!r} is not an ISO 8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+def local(moment: datetime | None, zone: ZoneInfo) -> str:
+    """A stored (UTC) time as shown to people: local, to the minute."""
+    return "-" if moment is None else moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def echo_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def echo_json(value: object) -> None:
+    click.echo(msgspec.json.format(JSON.encode(value), indent=2).decode())
+
+
+# --- command line: patient ------------------------------------------------------------------
+
+
+@click.group(name="patient")
+def patient_group() -> None:
+    """Enrol patients and look them up (personal data stays in the central's database)."""
+
+
+@patient_group.command(name="add")
+@click.argument("patient_id", metavar="PATIENT")
+@click.option("--name", "display_name", required=True,
+              help="The name nurses see; personal data, kept only in the central's database.")
+@click.option("--module", "modules", multiple=True, required=True,
+              help="An installed disease module to monitor with; repeatable.")
+@click.option("--gateway", "gateways", multiple=True,
+              help="A gateway that reports for the patient; repeatable.")
+@click.option("--timezone", "zone", default=None,
+              help="The patient's IANA time zone (default: the config's timezone).")
+@config_option
+@by_option
+@reports_errors
+def patient_add(patient_id: str, display_name: str, modules: tuple[str, ...],
+                gateways: tuple[str, ...], zone: str | None, config_path: str,
+                actor: str) -> None:
+    """Enrol PATIENT (a pseudonymous id, never a CPR number) with modules and gateways."""
+    with open_central(config_path) as central:
+        patient = add_patient(
+            central.db, patient=patient_id, organisation=central.config.organisation,
+            display_name=display_name, timezone=zone or central.config.timezone.key,
+            modules=modules, gateways=gateways, actor=actor,
+            installed_modules=central.installed_modules)
+    click.echo(f"added patient {patient.id} (modules: {', '.join(patient.enrolment.modules)}; "
+               f"gateways: {', '.join(patient.enrolment.gateways) or 'none'})")
+
+
+@patient_group.command(name="show")
+@click.argument("patient_id", metavar="PATIENT")
+@json_option
+@config_option
+@by_option
+@reports_errors
+def patient_show(patient_id: str, as_json: bool, config_path: str, actor: str) -> None:
+    """Show one patient: enrolment, limits and consent in force (the read is audited)."""
+    with open_central(config_path) as central:
+        overview = show_patient(central.db, patient_id, actor=actor)
+    patient, zone = overview.patient, overview.patient.timezone
+    if as_json:
+        echo_json({"id": patient.id, "display_name": patient.display_name,
+                   "organisation": patient.organisation, "timezone": zone.key,
+                   "created": patient.created, "enrolment": patient.enrolment,
+                   "limits": overview.limits, "consent": list(overview.consent.values())})
+        return
+    echo_table(("patient", patient.id), [
+        ("name", patient.display_name), ("organisation", patient.organisation),
+        ("time zone", zone.key), ("enrolled", local(patient.enrolment.enrolled, zone)),
+        ("modules", ", ".join(patient.enrolment.modules) or "none"),
+        ("gateways", ", ".join(patient.enrolment.gateways) or "none")])
+    click.echo("\nlimits in force")
+    if overview.limits:
+        _echo_limits(overview.limits, zone)
+    else:
+        click.echo("none of the patient's own (the modules' or organisation's apply)")
+    click.echo("\nconsent")
+    if overview.consent:
+        echo_table(("PURPOSE", "STATE", "SINCE", "RECORDED BY"), [
+            (e.purpose, "granted" if e.granted else "withdrawn", local(e.at, zone),
+             e.recorded_by) for e in overview.consent.values()])
+    else:
+        click.echo("none recorded")
+
+
+def _echo_limits(versions: list[LimitVersion], zone: ZoneInfo) -> None:
+    echo_table(("CODE", "VERSION", "LIMITS", "FROM", "TO", "BY", "REASON"), [
+        (code_key(v.code), str(v.version), describe_limits(v.limits), local(v.valid_from, zone),
+         local(v.valid_to, zone) if v.valid_to else "", v.author, v.reason) for v in versions])
+
+
+@patient_group.command(name="list")
+@click.option("--module", default=None, help="Only the patients monitored with this module.")
+@json_option
+@config_option
+@by_option
+@reports_errors
+def patient_list(module: str | None, as_json: bool, config_path: str, actor: str) -> None:
+    """List the organisation's patients (the read is audited: it shows their names)."""
+    with open_central(config_path) as central:
+        if module is not None:
+            _check_module(module, central.installed_modules)
+        with store.transaction(central.db):
+            patients = list_patients(central.db, central.config.organisation, module)
+            store.audit(central.db, actor=actor, action="patient.list", module=module,
+                        patients=[p.id for p in patients])
+    if as_json:
+        echo_json([{"id": p.id, "display_name": p.display_name, "timezone": p.timezone.key,
+                    "enrolment": p.enrolment} for p in patients])
+        return
+    echo_table(("PATIENT", "NAME", "MODULES", "GATEWAYS", "ENROLLED"), [
+        (p.id, p.display_name, ", ".join(p.enrolment.modules),
+         ", ".join(p.enrolment.gateways), local(p.enrolment.enrolled, p.timezone))
+        for p in patients])
+
+
+# --- command line: limits -------------------------------------------------------------------
+
+
+@click.group(name="limits")
+def limits_group() -> None:
+    """Set a patient's own alarm limits (versioned, never overwritten) and see their history."""
+
+
+@limits_group.command(name="set")
+@click.argument("patient_id", metavar="PATIENT")
+@click.argument("code", metavar="CODE")
+@click.option("--red-low", type=_DecimalType(), help="Below this: red.")
+@click.option("--yellow-low", type=_DecimalType(), help="Below this: yellow.")
+@click.option("--yellow-high", type=_DecimalType(), help="Above this: yellow.")
+@click.option("--red-high", type=_DecimalType(), help="Above this: red.")
+@click.option("--reason", required=True, help="Why (kept with the version), e.g. the order.")
+@click.option("--valid-from", default=None, metavar="TIME",
+              help="When the version starts, ISO 8601 (default: now; without an offset: "
+                   "the patient's local time).")
+@config_option
+@by_option
+@reports_errors
+def limits_set(patient_id: str, code: str, red_low: Decimal | None, yellow_low: Decimal | None,
+               yellow_high: Decimal | None, red_high: Decimal | None, reason: str,
+               valid_from: str | None, config_path: str, actor: str) -> None:
+    """Give PATIENT a new version of their limits for CODE (a measure such as spo2).
+
+    Limits left out are not checked; set ones must be ordered red-low <= yellow-low <=
+    yellow-high <= red-high and lie in the code's plausible range.
+    """
+    try:
+        limits = LimitSet(red_low=red_low, yellow_low=yellow_low, yellow_high=yellow_high,
+                          red_high=red_high)
+    except ValueError as exc:  # out of order
+        raise InvalidInput(f"{code}: {exc}") from None
+    with open_central(config_path) as central:
+        zone = get_patient(central.db, patient_id).timezone
+        start = parse_time(valid_from, zone, "--valid-from") if valid_from else None
+        version = set_limits(central.db, patient=patient_id, code_key=code, limits=limits,
+                             reason=reason, actor=actor, valid_from=start)
+    click.echo(f"{patient_id} {code}: version {version.version} from "
+               f"{local(version.valid_from, zone)}: {describe_limits(version.limits)}")
+
+
+@limits_group.command(name="history")
+@click.argument("patient_id", metavar="PATIENT")
+@click.option("--code", default=None, help="Only this code's versions (e.g. spo2).")
+@json_option
+@config_option
+@by_option
+@reports_errors
+def limits_history(patient_id: str, code: str | None, as_json: bool, config_path: str,
+                   actor: str) -> None:
+    """Every version of PATIENT's own limits, oldest first (the read is audited)."""
+    if code is not None and code not in KNOWN:
+        raise InvalidInput(f"unknown code {code!r} (known codes: {', '.join(KNOWN)})")
+    with open_central(config_path) as central, store.transaction(central.db):
+        zone = get_patient(central.db, patient_id).timezone
+        versions = [v for v in limit_versions(central.db, patient_id)
+                    if code is None or code_key(v.code) == code]
+        store.audit(central.db, actor=actor, action="limits.history", patient=patient_id,
+                    code=code)
+    if as_json:
+        echo_json(versions)
+    elif versions:
+        _echo_limits(versions, zone)
+    else:
+        click.echo(f"{patient_id} has no limits of their own"
+                   + (f" for {code}" if code else ""))
+
+
+# --- command line: modules, gateways, consent, audit ----------------------------------------
+
+
+@click.group(name="modules", invoke_without_command=True)
+@click.pass_context
+def modules_group(ctx: click.Context) -> None:
+    """Enable or disable a disease module for a patient; alone, list the installed modules."""
+    if ctx.invoked_subcommand is not None:
+        return
+    _, registry = plugin_manager.get()
+    if not registry.modules:
+        click.echo("no disease modules are installed")
+    for name, module in sorted(registry.modules.items()):
+        click.echo(f"{name} {module.version}: {module.title}")
+        rows = [(f"  {code}", KNOWN[code].display, KNOWN[code].unit,
+                 describe_limits(module.default_limits[code])
+                 if code in module.default_limits else "no default limits")
+                for code in module.codes]
+        echo_table(("  CODE", "MEASURE", "UNIT", "DEFAULT LIMITS"), rows)
+
+
+@modules_group.command(name="enable")
+@click.argument("patient_id", metavar="PATIENT")
+@click.argument("module", metavar="MODULE")
+@config_option
+@by_option
+@reports_errors
+def modules_enable(patient_id: str, module: str, config_path: str, actor: str) -> None:
+    """Monitor PATIENT with the installed disease MODULE too."""
+    with open_central(config_path) as central:
+        enrolment = enable_module(central.db, patient=patient_id, module=module, actor=actor,
+                                  installed_modules=central.installed_modules)
+    click.echo(f"{patient_id}: modules {', '.join(enrolment.modules)}")
+
+
+@modules_group.command(name="disable")
+@click.argument("patient_id", metavar="PATIENT")
+@click.argument("module", metavar="MODULE")
+@config_option
+@by_option
+@reports_errors
+def modules_disable(patient_id: str, module: str, config_path: str, actor: str) -> None:
+    """Stop monitoring PATIENT with MODULE (their data and limits are kept)."""
+    with open_central(config_path) as central:
+        enrolment = disable_module(central.db, patient=patient_id, module=module, actor=actor)
+    click.echo(f"{patient_id}: modules {', '.join(enrolment.modules) or 'none'}")
+
+
+@click.group(name="gateway")
+def gateway_group() -> None:
+    """Bind the gateways that report for a patient (one home's gateway may serve several)."""
+
+
+@gateway_group.command(name="bind")
+@click.argument("patient_id", metavar="PATIENT")
+@click.argument("gateway", metavar="GATEWAY")
+@config_option
+@by_option
+@reports_errors
+def gateway_bind(patient_id: str, gateway: str, config_path: str, actor: str) -> None:
+    """Let GATEWAY report readings for PATIENT."""
+    with open_central(config_path) as central:
+        enrolment = bind_gateway(central.db, patient=patient_id, gateway=gateway, actor=actor)
+    click.echo(f"{patient_id}: gateways {', '.join(enrolment.gateways)}")
+
+
+@gateway_group.command(name="unbind")
+@click.argument("patient_id", metavar="PATIENT")
+@click.argument("gateway", metavar="GATEWAY")
+@config_option
+@by_option
+@reports_errors
+def gateway_unbind(patient_id: str, gateway: str, config_path: str, actor: str) -> None:
+    """Stop GATEWAY reporting for PATIENT."""
+    with open_central(config_path) as central:
+        enrolment = unbind_gateway(central.db, patient=patient_id, gateway=gateway,
+                                   actor=actor)
+    click.echo(f"{patient_id}: gateways {', '.join(enrolment.gateways) or 'none'}")
+
+
+@click.group(name="consent")
+def consent_group() -> None:
+    """Record consent given or withdrawn, per purpose (an append-only stream of events)."""
+
+
+def _consent_command(granted: bool) -> click.Command:
+    verb, done = ("grant", "granted") if granted else ("withdraw", "withdrawn")
+
+    @click.argument("patient_id", metavar="PATIENT")
+    @click.argument("purpose", metavar="PURPOSE", type=click.Choice(CONSENT_PURPOSES))
+    @config_option
+    @by_option
+    @reports_errors
+    def command(patient_id: str, purpose: str, config_path: str, actor: str) -> None:
+        with open_central(config_path) as central:
+            event = record_consent(central.db, patient=patient_id, purpose=purpose,
+                                   granted=granted, actor=actor)
+            zone = get_patient(central.db, patient_id).timezone
+        click.echo(f"{patient_id}: consent to {purpose} {done} at {local(event.at, zone)}")
+
+    command.__doc__ = (f"Record that PATIENT {'gives' if granted else 'withdraws'} consent "
+                       f"to PURPOSE ({', '.join(CONSENT_PURPOSES)}).")
+    return consent_group.command(name=verb)(command)
+
+
+consent_grant = _consent_command(granted=True)
+consent_withdraw = _consent_command(granted=False)
+
+
+@click.group(name="audit")
+def audit_group() -> None:
+    """Query the audit log: who changed or read what, when."""
+
+
+@audit_group.command(name="query")
+@click.option("--patient", "patient_id", default=None, help="Only entries about this patient.")
+@click.option("--since", default=None, metavar="TIME",
+              help="Only entries from this ISO 8601 date or time (local without an offset).")
+@json_option
+@config_option
+@reports_errors
+def audit_query(patient_id: str | None, since: str | None, as_json: bool,
+                config_path: str) -> None:
+    """Print audit entries, oldest first, in the patient's (else the central's) time zone."""
+    with open_central(config_path) as central:
+        zone = (get_patient(central.db, patient_id).timezone if patient_id
+                else central.config.timezone)
+        start = parse_time(since, zone, "--since") if since else None
+        entries = audit_entries(central.db, patient=patient_id, since=start)
+    if as_json:
+        echo_json(entries)
+        return
+    echo_table(("TIME", "ACTOR", "ACTION", "PATIENT", "DETAIL"), [
+        (local(e.at, zone), e.actor, e.action, e.patient or "-", JSON.encode(e.detail).decode())
+        for e in entries])
+
+
+COMMANDS = (patient_group, limits_group, modules_group, gateway_group, consent_group,
+            audit_group)
+"""The groups to add to the `telemon` command line."""

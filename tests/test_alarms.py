@@ -1,0 +1,297 @@
+"""The alarm engine on a real database: limits in force and their source, debouncing,
+re-raising at a worse severity, the trend rule, escalation, missing measurements in the
+patient's time zone, the lifecycle with two nurses, triage and the alarm outbox."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from telemon import alarms, config, plugin_manager, store
+from telemon.codes import KNOWN
+from telemon.models import Component, Enrolment, LimitSet, LimitVersion, Observation, Triage
+
+ORG = "kommune-0999"
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday, 09:00 in Copenhagen
+
+
+def central_config(tmp_path, registry=None, **extra):
+    data = {"role": "central", "organisation": ORG,
+            "broker": {"url": "mqtt://127.0.0.1:1"}, "storage": {"path": str(tmp_path)},
+            "alarms": {"escalate_red_after_minutes": 30},
+            "modules": {"copd": {"enabled": True, "limits": {
+                "pulse": {"yellow_low": 45, "yellow_high": 110, "red_high": 130}}}}} | extra
+    loaded, problems = config.validate(data, registry or plugin_manager.get()[1])
+    assert not problems, problems
+    return loaded
+
+
+def enrol(db, patient="p-0001", gateways=("gw-1",), modules=("copd",), timezone="Europe/Copenhagen",
+          enrolled=T0 - timedelta(days=10)):
+    with store.transaction(db):
+        db["patients"].insert({"id": patient, "organisation": ORG,
+                               "display_name": "Test Patient", "timezone": timezone,
+                               "created": store.utc_text(enrolled)})
+        store.store_record(db, Enrolment(patient=patient, organisation=ORG, modules=modules,
+                                         gateways=gateways, enrolled=enrolled))
+        store.audit(db, actor="test", action="patient.add", patient=patient)
+
+
+def reading(i, key="spo2", value="95", patient="p-0001", at=None, unit=None):
+    known = KNOWN[key]
+    return Observation(id=f"{patient}-{key}-{i}", patient=patient, device="dev-1",
+                       gateway="gw-1", code=known.code, unit=unit or known.unit,
+                       value=Decimal(value), effective=at or T0 + timedelta(minutes=i))
+
+
+@pytest.fixture
+def engine(tmp_path):
+    db = store.open_database(tmp_path / "central.db")
+    enrol(db)
+    engine = alarms.AlarmEngine(db, central_config(tmp_path), plugin_manager.get()[1].modules)
+    engine.directory.refresh()
+    yield engine
+    db.close()
+
+
+def ingest(engine, observations, now=None):
+    now = now or max(o.effective for o in observations) + timedelta(seconds=5)
+    with store.transaction(engine.db):
+        engine.directory.refresh()
+        new = store.store_observations(engine.db, observations, received=now)
+        return engine.evaluate(new, now)
+
+
+def unresolved(db):
+    return [store.get_alarm(db, r[0]) for r in
+            db.execute("SELECT id FROM alarms WHERE state != 'resolved' ORDER BY raised")]
+
+
+def evaluations(db, observation):
+    return db.execute("SELECT module, code, severity, limits, limits_source FROM evaluations "
+                      "WHERE observation = ?", [observation]).fetchall()
+
+
+def test_limits_come_from_the_patient_then_the_organisation_then_the_module(engine):
+    db = engine.db
+    ingest(engine, [reading(1, "spo2", "89"), reading(2, "pulse", "105")])
+    # spo2: module default (yellow_low 90, red_low 88); pulse: the organisation's config
+    assert evaluations(db, "p-0001-spo2-1") == [
+        ("copd", "spo2", "yellow", '{"red_low":88,"yellow_low":90,"yellow_high":null,'
+                                   '"red_high":null}', "module")]
+    (_, _, severity, limits, source), = evaluations(db, "p-0001-pulse-2")
+    assert (severity, source) == ("green", "organisation")  # 105 < the org's yellow_high 110
+    assert msgspec.json.decode(limits, type=LimitSet).yellow_high == Decimal(110)
+
+    valid_from = T0 + timedelta(hours=1)
+    with store.transaction(db):
+        store.store_record(db, LimitVersion(
+            patient="p-0001", code=KNOWN["spo2"].code, limits=LimitSet(red_low=Decimal(85),
+            yellow_low=Decimal(87)), valid_from=valid_from, author="dr-test",
+            reason="known low baseline"))
+        store.audit(db, actor="dr-test", action="limits.set", patient="p-0001")
+    ingest(engine, [reading(3, "spo2", "88", at=valid_from - timedelta(minutes=1)),
+                    reading(4, "spo2", "88", at=valid_from)])
+    # judged by the limits valid at the reading's own time, and the version is recorded
+    assert evaluations(db, "p-0001-spo2-3")[0][2:] == (
+        "yellow", evaluations(db, "p-0001-spo2-1")[0][3], "module")
+    assert evaluations(db, "p-0001-spo2-4")[0][2] == "green"
+    assert evaluations(db, "p-0001-spo2-4")[0][4] == "patient v1"
+
+
+def test_a_value_on_a_limit_is_inside_and_a_value_just_past_it_is_not(engine):
+    outcome = ingest(engine, [reading(1, "spo2", "90"), reading(2, "spo2", "88")])
+    assert outcome.raised == 1  # 90 is not below 90; 88 is below 90 but not below 88
+    (alarm,) = unresolved(engine.db)
+    assert (alarm.severity, alarm.rule, alarm.code) == ("yellow", "limits.spo2", "spo2")
+    assert alarm.message == "SpO2 88 % below the yellow limit 90 % (module limits)"
+    assert alarm.observations == ("p-0001-spo2-2",)
+    assert alarm.limits == LimitSet(red_low=Decimal(88), yellow_low=Decimal(90))
+
+
+def test_a_value_flapping_around_a_limit_raises_one_alarm(engine):
+    flapping = [reading(i, "spo2", "89" if i % 2 else "91") for i in range(50)]
+    outcome = ingest(engine, flapping[:10])
+    outcome2 = ingest(engine, flapping[10:])
+    assert (outcome.raised, outcome2.raised) == (1, 0)
+    (alarm,) = unresolved(engine.db)
+    assert alarm.repeats == 24  # 25 low readings: one raised it, 24 folded into it
+    assert len(alarm.observations) == 25
+    assert [e.action for e in alarm.events] == ["raised"]
+    assert engine.db.execute("SELECT COUNT(*) FROM alarms").fetchone()[0] == 1
+
+
+def test_a_worse_value_raises_the_open_alarm_again_at_the_new_severity(engine):
+    ingest(engine, [reading(1, "spo2", "89")])
+    ingest(engine, [reading(2, "spo2", "86")])
+    ingest(engine, [reading(3, "spo2", "89")])  # better again: folded, stays red
+    (alarm,) = unresolved(engine.db)
+    assert alarm.severity == "red"
+    assert [(e.action, e.note[:7]) for e in alarm.events] == [("raised", "SpO2 89"),
+                                                              ("raised", "now red")]
+    assert alarm.repeats == 2
+
+
+def test_readings_in_another_unit_are_stored_but_not_compared(engine):
+    odd = reading(1, "temperature", "99.5", unit="[degF]")
+    outcome = ingest(engine, [odd])
+    assert outcome.not_compared == 1 and outcome.raised == 0
+    assert evaluations(engine.db, odd.id) == []
+    assert store.get_observation(engine.db, odd.id).value == Decimal("99.5")
+
+
+def test_blood_pressure_components_are_checked_against_their_own_codes(tmp_path):
+    db = store.open_database(tmp_path / "central.db")
+    enrol(db)
+    from telemon.modules import DiseaseModule, Schedule
+    module = DiseaseModule(name="bp_watch", version="1", title="test", codes=("bp_sys", "bp_dia"),
+                           default_limits={"bp_sys": LimitSet(yellow_high=Decimal(140)),
+                                           "bp_dia": LimitSet(yellow_high=Decimal(90))},
+                           schedule=Schedule(codes=()), summarise=str, sources=("test",))
+    registry = plugin_manager.Registry(modules={"bp_watch": module})
+    cfg = central_config(tmp_path, registry, modules={"bp_watch": {"enabled": True}})
+    with store.transaction(db):
+        store.store_record(db, Enrolment(patient="p-0001", organisation=ORG,
+                                         modules=("bp_watch",), gateways=("gw-1",)))
+        store.audit(db, actor="test", action="modules.enable", patient="p-0001")
+    engine = alarms.AlarmEngine(db, cfg, {"bp_watch": module})
+    mmhg = "mm[Hg]"
+    bp = Observation(id="bp-1", patient="p-0001", device="dev-1", gateway="gw-1",
+                     code=KNOWN["bp"].code, unit=mmhg, effective=T0, components=(
+                         Component(KNOWN["bp_sys"].code, mmhg, Decimal(150)),
+                         Component(KNOWN["bp_dia"].code, mmhg, Decimal(85))))
+    assert ingest(engine, [bp]).raised == 1
+    assert sorted(r[1:3] for r in evaluations(db, "bp-1")) == [("bp_dia", "green"),
+                                                               ("bp_sys", "yellow")]
+    series = alarms.load_series(db, "p-0001", "bp_sys", since=T0 - timedelta(days=1),
+                                limits=LimitSet())
+    assert series.values.tolist() == [150.0] and series.ids == ("bp-1",)
+    db.close()
+
+
+def test_sustained_low_spo2_rule_goes_red_after_24_hours_of_low_readings(engine):
+    twice_daily = [reading(i, "spo2", "89", at=T0 + timedelta(hours=12 * i)) for i in range(3)]
+    ingest(engine, twice_daily[:2])  # 12 h of low readings: yellow by the limits only
+    assert [(a.rule, a.severity) for a in unresolved(engine.db)] == [("limits.spo2", "yellow")]
+    ingest(engine, twice_daily[2:])
+    found = {a.rule: a for a in unresolved(engine.db)}
+    assert found["spo2_sustained_low"].severity == "red"
+    assert found["spo2_sustained_low"].observations == tuple(o.id for o in twice_daily)
+    assert "24 h (3 readings)" in found["spo2_sustained_low"].message
+
+
+def test_an_unacknowledged_red_alarm_escalates_once(engine):
+    ingest(engine, [reading(1, "spo2", "85")])
+    (alarm,) = unresolved(engine.db)
+    raised = alarm.events[0].at
+    with store.transaction(engine.db):
+        assert engine.tick(raised + timedelta(minutes=29)).escalated == 0
+        assert engine.tick(raised + timedelta(minutes=31)).escalated == 1
+        assert engine.tick(raised + timedelta(minutes=90)).escalated == 0
+    escalated = store.get_alarm(engine.db, alarm.id)
+    assert [e.action for e in escalated.events] == ["raised", "escalated"]
+    assert escalated.events[1].note == "red alarm not acknowledged within 30 min"
+
+
+def test_an_acknowledged_red_alarm_does_not_escalate(engine):
+    ingest(engine, [reading(1, "spo2", "85")])
+    (alarm,) = unresolved(engine.db)
+    alarms.acknowledge(engine.db, alarm.id, by="nurse-a", note="called the patient")
+    with store.transaction(engine.db):
+        assert engine.tick(alarm.raised + timedelta(hours=2)).escalated == 0
+
+
+def test_two_nurses_acknowledging_at_once_one_wins_and_the_other_is_told_who(engine):
+    ingest(engine, [reading(1, "spo2", "85")])
+    (alarm,) = unresolved(engine.db)
+    first = alarms.acknowledge(engine.db, alarm.id, by="nurse-a", note="on it")
+    with pytest.raises(alarms.AlarmConflict, match="already acknowledged by nurse-a"):
+        alarms.acknowledge(engine.db, alarm.id, by="nurse-b", note="me too")
+    assert store.get_alarm(engine.db, alarm.id) == first
+    resolved = alarms.resolve(engine.db, alarm.id, by="nurse-a", note="stable on recheck")
+    assert [(e.action, e.by) for e in resolved.events] == [
+        ("raised", "central"), ("acknowledged", "nurse-a"), ("resolved", "nurse-a")]
+    actions = [r[0] for r in engine.db.execute("SELECT action FROM audit ORDER BY id")]
+    assert actions[-2:] == ["alarm.acknowledged", "alarm.resolved"]
+    with pytest.raises(alarms.AlarmConflict):
+        alarms.resolve(engine.db, alarm.id, by="nurse-b")
+    # resolved: the next low reading is a new alarm
+    assert ingest(engine, [reading(2, "spo2", "85")]).raised == 1
+
+
+def test_missing_measurements_are_raised_after_the_local_deadline_and_resolve_themselves(
+        tmp_path):
+    db = store.open_database(tmp_path / "central.db")
+    enrol(db, "p-cph", timezone="Europe/Copenhagen")
+    enrol(db, "p-nyc", timezone="America/New_York")
+    enrol(db, "p-new", enrolled=datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
+    engine = alarms.AlarmEngine(db, central_config(tmp_path), plugin_manager.get()[1].modules)
+    engine.directory.refresh()
+    # COPD schedule: SpO2 and pulse daily by 12:00 local time
+    noon_cph = datetime(2026, 3, 2, 11, 0, tzinfo=UTC)  # 12:00 CET
+    with store.transaction(db):
+        # Sunday's deadline: p-cph and p-nyc missed it; p-new was enrolled after it
+        assert engine.tick(noon_cph - timedelta(minutes=1)).raised == 2
+    db.execute("DELETE FROM alarm_outbox")
+    with store.transaction(db):
+        for row in db.execute("SELECT id FROM alarms").fetchall():
+            alarms.add_event(db, store.get_alarm(db, row[0]), "resolved", "test", "", T0,
+                             state="resolved")
+    with store.transaction(db):
+        # Monday 12:00 in Copenhagen has passed, in New York (06:00) it has not; p-new was
+        # enrolled during the period
+        outcome = engine.tick(noon_cph + timedelta(minutes=1))
+    assert outcome.raised == 1
+    (missing,) = unresolved(db)
+    assert (missing.patient, missing.severity, missing.rule) == ("p-cph", "missing", "missing")
+    assert missing.message == "no SpO2, Pulse rate by the deadline 2026-03-02 12:00 CET"
+    assert alarms.triage(db, ["p-cph", "p-nyc"]) == {"p-cph": Triage.MISSING,
+                                                     "p-nyc": Triage.GREEN}
+
+    late = noon_cph + timedelta(hours=1)
+    ingest(engine, [reading(1, "spo2", "95", "p-cph", at=late)], now=late)
+    assert unresolved(db) != []  # pulse still missing
+    ingest(engine, [reading(2, "pulse", "70", "p-cph", at=late)], now=late)
+    assert unresolved(db) == []
+    trail = store.get_alarm(db, missing.id).events
+    assert (trail[-1].action, trail[-1].by, trail[-1].note) == (
+        "resolved", "central", "measurement received")
+    db.close()
+
+
+def test_triage_is_the_worst_unresolved_alarm(engine):
+    enrol(engine.db, "p-0002")
+    ingest(engine, [reading(1, "spo2", "89"), reading(2, "pulse", "140"),
+                    reading(3, "spo2", "89", patient="p-0002")])
+    assert alarms.triage(engine.db, ["p-0001", "p-0002", "p-0003"]) == {
+        "p-0001": Triage.RED, "p-0002": Triage.YELLOW, "p-0003": Triage.GREEN}
+
+
+def test_every_alarm_event_waits_in_the_alarm_outbox(engine):
+    ingest(engine, [reading(1, "spo2", "85")])
+    (alarm,) = unresolved(engine.db)
+    alarms.acknowledge(engine.db, alarm.id, by="nurse-a")
+    rows = engine.db.execute("SELECT alarm_id FROM alarm_outbox ORDER BY event").fetchall()
+    assert rows == [(alarm.id,), (alarm.id,)]
+
+
+def test_a_failing_rule_is_logged_and_skipped(engine, caplog):
+    from telemon.modules import Rule
+    broken = Rule("broken", "test", ("spo2",), lambda series: 1 / 0)
+    engine.modules["copd"] = dataclasses.replace(engine.modules["copd"], rules=(broken,))
+    outcome = ingest(engine, [reading(1, "spo2", "85")])
+    assert outcome.raised == 1  # the limits alarm still comes
+    assert "module copd rule broken failed on patient p-0001 spo2" in caplog.text
+
+
+def test_patients_of_other_organisations_are_refused(engine):
+    assert engine.directory.refusal("p-0001", "gw-1") is None
+    assert engine.directory.refusal("p-0001", "gw-2") == (
+        "patient p-0001 is not bound to gateway gw-2 in organisation kommune-0999")
+    assert engine.directory.refusal("p-9999", "gw-1") == (
+        "patient p-9999 is not enrolled in organisation kommune-0999")
+
