@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Debian packages the tests need: Mosquitto is the real MQTT broker of the broker tests.
-DEBIAN_PACKAGES := mosquitto
+# Debian packages the tests need: Mosquitto is the real MQTT broker of the broker tests;
+# mosquitto_pub (mosquitto-clients) is the external client of the central's end-to-end test.
+DEBIAN_PACKAGES := mosquitto mosquitto-clients
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-packages demo test lint bench clean

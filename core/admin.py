@@ -14,6 +14,7 @@ pseudonym only, so no message here ever contains a display name.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import getpass
 import os
@@ -31,8 +32,7 @@ import sqlite_utils
 
 from telemon import plugin_manager, store
 from telemon.codes import KNOWN, lookup
-from telemon.config import CPR, ID, CentralConfig, ConfigError
-from telemon.config import load as load_config
+from telemon.config import CPR, ID, CentralConfig, load_or_exit
 from telemon.models import (
     Code,
     ConsentEvent,
@@ -117,6 +117,12 @@ def _check_module(module: str, installed: Collection[str]) -> str:
     return module
 
 
+def _unknown_code(key: str) -> InvalidInput:
+    close = difflib.get_close_matches(key, list(KNOWN), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return InvalidInput(f"unknown code {key!r}{hint} (known codes: {', '.join(KNOWN)})")
+
+
 def _check_limits(code_key: str, limits: LimitSet) -> None:
     """Each set limit within the code's plausible range (its order LimitSet has checked)."""
     measure = KNOWN[code_key]
@@ -155,7 +161,7 @@ def add_patient(db: sqlite_utils.Database, *, patient: str, organisation: str,
             raise AdminError(f"patient {patient} already exists")
         db.execute("INSERT INTO patients (id, organisation, display_name, timezone, created) "
                    "VALUES (?, ?, ?, ?, ?)",
-                   [patient, organisation, display_name, zone.key, store._utc(now)])
+                   [patient, organisation, display_name, zone.key, store.utc_text(now)])
         store.store_record(db, Enrolment(patient=patient, organisation=organisation,
                                          modules=modules, gateways=gateways, enrolled=now))
         # the display name stays in `patients` only: the audit says that it was set
@@ -220,7 +226,7 @@ def set_limits(db: sqlite_utils.Database, *, patient: str, code_key: str, limits
     """Add the next version of a patient's limits for one code (versions are never
     overwritten: the current one ends when this one starts); audited with before/after."""
     if code_key not in KNOWN:
-        raise InvalidInput(f"unknown code {code_key!r} (known codes: {', '.join(KNOWN)})")
+        raise _unknown_code(code_key)
     _check_limits(code_key, limits)
     if not reason.strip():
         raise InvalidInput("a reason is required for new limits (it is kept with them)")
@@ -238,7 +244,7 @@ def set_limits(db: sqlite_utils.Database, *, patient: str, code_key: str, limits
         except ValueError as exc:  # starts before the current version
             raise AdminError(str(exc)) from None
         store.audit(db, actor=actor, action="limits.set", patient=patient, code=code_key,
-                    version=stored.version, valid_from=stored.valid_from,
+                    version=stored.version, valid_from=stored.valid_from.astimezone(UTC),
                     before=history[-1].limits if history else None, after=limits,
                     reason=reason)
     return stored
@@ -385,7 +391,7 @@ def audit_entries(db: sqlite_utils.Database, patient: str | None = None,
         params.append(patient)
     if since is not None:
         where.append("at >= ?")
-        params.append(store._utc(since))
+        params.append(store.utc_text(since))
     clause = f"WHERE {' AND '.join(where)}" if where else ""
     rows = db.execute(f"SELECT id, at, actor, action, patient, detail FROM audit {clause} "
                       "ORDER BY id", params)
@@ -430,16 +436,8 @@ class Central:
 @contextlib.contextmanager
 def open_central(config_path: str) -> Iterator[Central]:
     """The central's config and database, for one command."""
+    config = load_or_exit(config_path, CentralConfig)  # its problems, exit status 2
     pm, registry = plugin_manager.get()
-    try:
-        config = load_config(config_path, registry)
-    except ConfigError as exc:
-        more = len(exc.problems) - 1
-        rest = f" (and {more} more: telemon config check {config_path})" if more else ""
-        raise CommandError(f"{config_path}: {exc.problems[0]}{rest}", 2) from None
-    if not isinstance(config, CentralConfig):
-        raise CommandError(f"{config_path} is an edge config: these commands need the "
-                           "central's", 2)
     db = store.open_database(store.central_database_path(config.storage.path), pm=pm)
     try:
         yield Central(config, db, registry.modules)
@@ -668,7 +666,7 @@ def limits_history(patient_id: str, code: str | None, as_json: bool, config_path
                    actor: str) -> None:
     """Every version of PATIENT's own limits, oldest first (the read is audited)."""
     if code is not None and code not in KNOWN:
-        raise InvalidInput(f"unknown code {code!r} (known codes: {', '.join(KNOWN)})")
+        raise _unknown_code(code)
     with open_central(config_path) as central, store.transaction(central.db):
         zone = get_patient(central.db, patient_id).timezone
         versions = [v for v in limit_versions(central.db, patient_id)

@@ -17,8 +17,8 @@ Settings, and why:
   stays bounded. The same cap bounds the backlog a disconnected persistent session or a slow
   subscriber can catch up on: one that falls more than `backlog_megabytes` behind loses the
   oldest messages silently (at least (SEGMENTS - 1) / SEGMENTS of the cap is always kept).
-  With the default 64 MB and batches of readings from the edge, that is some 200,000
-  readings waiting for a stopped central.
+  With the default 64 MB, a stopped central can catch up on some 170,000 readings (about
+  350 bytes each in the edge's batches, without raw frames).
 * Nothing is kept on disk: stopping the broker loses queued messages, sessions and retained
   messages (the edge's outbox still holds whatever was not acknowledged). rumqttd also ignores
   the MQTT 5 Session Expiry Interval: sessions live until the broker stops. Production uses
@@ -259,7 +259,8 @@ class EmbeddedBroker:
         if self.log_path is None or not self.log_path.exists():
             return ""
         tail = self.log_path.read_text(errors="replace")[-characters:].strip()
-        return f"\n--- {self.log_path} (end) ---\n{tail}" if tail else ""
+        where = LOG_NAME if self._owns_data else self.log_path  # a temporary one is removed
+        return f"\n--- end of {where} ---\n{tail}" if tail else ""
 
 
 def mqtt_connect_succeeds(host: str, port: int, protocol: MQTTProtocolVersion,

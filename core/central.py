@@ -93,8 +93,10 @@ class Central:
         self.config = config
         self.organisation = config.organisation
         self.database = database or store.central_database_path(config.storage.path)
-        self.db = store.open_database(self.database, pm=pm)
-        self.engine = AlarmEngine(self.db, config, modules)
+        self.modules, self.pm = modules, pm
+        store.open_database(self.database, pm=pm).close()  # schema up to date, or fail now
+        self.db: Any = None  # opened by the thread that runs the central (SQLite's rule)
+        self.engine: Any = None
         self.client_id = client_id or config.broker.client_id or f"central-{self.organisation}"
         self.claimant = f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
         self.poll, self.max_group, self.max_group_seconds = poll, max_group, max_group_seconds
@@ -126,7 +128,6 @@ class Central:
 
     def close(self) -> None:
         self.stop()
-        self.db.close()
 
     def __enter__(self) -> Central:
         return self
@@ -147,6 +148,14 @@ class Central:
     def _run(self) -> None:
         logger.info("central %s (%s) starting on %s", self.organisation, self.client_id,
                     self.database)
+        self.db = store.open_database(self.database, pm=self.pm)
+        self.engine = AlarmEngine(self.db, self.config, self.modules)
+        try:
+            self._serve()
+        finally:
+            self.db.close()
+
+    def _serve(self) -> None:
         while not self._stop.is_set():
             try:
                 if not self._socket_open() and not self._connect():

@@ -327,3 +327,7 @@ def build_cli() -> click.Group:
 
 def main() -> None:
     build_cli()(prog_name="telemon")
+
+
+if __name__ == "__main__":
+    main()

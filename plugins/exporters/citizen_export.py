@@ -166,7 +166,7 @@ def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.
 _FILES = {
     "manifest.json": "Format name and version, the pseudonym, when the archive was made, and "
                      "for every other file its sha256, size in bytes and number of records.",
-    "patient.json": "You as the central knows you: pseudonym (`id`), `display_name`, "
+    "patient.json": "What the central knows about you: pseudonym (`id`), `display_name`, "
                     "`organisation`, `timezone`, `created` (when you were registered) and "
                     "`enrolment` (disease `modules` you are monitored with and the `gateways` "
                     "that send your readings).",
@@ -208,27 +208,28 @@ _FILES = {
 
 def _readme(person: admin.Patient, created: datetime, observations: list[Observation],
             counts: dict[str, int]) -> str:
-    zone = person.timezone
-    codes = {}
-    for obs in observations:
-        for part in obs.components or (obs,):
-            codes[(part.code.system, part.code.code)] = (part.code, part.unit)
+    def count(name: str) -> str:
+        n = counts.get(name)
+        return "" if n is None else f" ({n} record{'' if n == 1 else 's'})"
+
+    files = "\n".join(f"- **{name}**{count(name)}: {text}" for name, text in _FILES.items())
+    codes = {(part.code.system, part.code.code): (part.code, part.unit)
+             for obs in observations for part in obs.components or (obs,)}
     measures = []
-    for code, unit in sorted(codes.values(), key=lambda cu: (cu[0].system, cu[0].code)):
+    for code, unit in sorted(codes.values(), key=lambda pair: (pair[0].system, pair[0].code)):
         known = lookup(code)
         name = f"{known.key}: " if known else ""
         loinc = f", LOINC {known.loinc}" if known and known.loinc else ""
         measures.append(f"| {name}{code.display} | {unit} | {code.system} {code.code}{loinc} |")
-    files = "\n".join(f"- **{name}**" + (f" ({counts[name]} records)" if name in counts else "")
-                      + f": {text}" for name, text in _FILES.items())
     units = "\n".join(["| Measure | Unit (UCUM) | Code |", "|---|---|---|", *measures]
                       ) if measures else "There are no readings."
+    zone = person.timezone
     return f"""# Your data from telemon
 
 This archive holds everything the telemonitoring central of organisation
 `{person.organisation}` keeps about you, pseudonym `{person.id}`, as of
-{admin.local(created, zone)} ({created.isoformat(timespec="seconds")}). It is your copy
-under article 20 of the GDPR (the right to data portability).
+{admin.local(created, zone)}. It is your copy under article 20 of the GDPR (the right
+to data portability).
 
 ## Files
 
@@ -241,7 +242,7 @@ Other software can read them back exactly (telemon: `telemon.wire.decode_message
 
 ## Times
 
-Times are ISO 8601 with an offset, kept in UTC (`+00:00`). Your time zone is
+Times are ISO 8601 (RFC 3339) in UTC (`Z` or `+00:00`). Your time zone is
 `{zone.key}`: convert to it to see local times.
 
 ## Units and codes
