@@ -427,20 +427,20 @@ def reports_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @dataclass(frozen=True)
-class Central:
+class OpenCentral:
     config: CentralConfig
     db: sqlite_utils.Database
     installed_modules: Mapping[str, Any]
 
 
 @contextlib.contextmanager
-def open_central(config_path: str) -> Iterator[Central]:
+def open_central(config_path: str) -> Iterator[OpenCentral]:
     """The central's config and database, for one command."""
     config = load_or_exit(config_path, CentralConfig)  # its problems, exit status 2
     pm, registry = plugin_manager.get()
     db = store.open_database(store.central_database_path(config.storage.path), pm=pm)
     try:
-        yield Central(config, db, registry.modules)
+        yield OpenCentral(config, db, registry.modules)
     finally:
         db.close()
 
@@ -464,7 +464,7 @@ config_option = click.option(
     "--config", "config_path", required=True, metavar="CENTRAL_TOML",
     help="The central's config file (its storage.path holds the database).")
 by_option = click.option(
-    "--by", "actor", default=_default_actor, callback=_nonblank_actor,
+    "--by", "actor", metavar="NAME", default=_default_actor, callback=_nonblank_actor,
     show_default="$TELEMON_USER, else the login name",
     help="Who makes the change or reads the data (recorded in the audit log).")
 json_option = click.option("--json", "as_json", is_flag=True,

@@ -61,6 +61,7 @@ BAND_WORDS = {-2: "below the red limit", -1: "below the yellow limit",
 BAND_LIMIT = {-2: "red_low", -1: "yellow_low", 1: "yellow_high", 2: "red_high"}
 SEVERITY = {Triage.RED: "red", Triage.YELLOW: "yellow", Triage.MISSING: "missing"}
 RANK = {"missing": Triage.MISSING, "yellow": Triage.YELLOW, "red": Triage.RED}
+LABEL = {t: t.label for t in Triage}
 
 
 def limits_rule(key: str) -> str:
@@ -211,7 +212,7 @@ class AlarmEngine:
             severity = BAND_TRIAGE[band]
             evaluations.append(Evaluation(
                 observation=obs.id, patient=obs.patient, module=module, code=key,
-                severity=severity.label, limits=limits, limits_source=source, evaluated=now))
+                severity=LABEL[severity], limits=limits, limits_source=source, evaluated=now))
             if severity > Triage.GREEN:
                 limit = getattr(limits, BAND_LIMIT[band])
                 message = (f"{known.display} {value:g} {known.unit} {BAND_WORDS[band]} "

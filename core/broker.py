@@ -5,7 +5,7 @@ process so it can be stopped: rumqttd has no shutdown API, so `stop()` terminate
 reaps it. It speaks MQTT 5 (with shared subscriptions, retained messages, last wills and
 persistent sessions) on one listener and, when asked, MQTT 3.1.1 on a second one: rumqttd
 serves each protocol on its own port and drops a client of the other version without a
-CONNACK. Measured facts behind the settings: /work/shared/BROKERS.md and docs/brokers.md.
+CONNACK. Measured facts behind the settings: shared/BROKERS.md and docs/brokers.md.
 
 Settings, and why:
 
@@ -48,7 +48,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 HOST = "127.0.0.1"
 SEGMENTS = 8
 DEFAULT_BACKLOG_MEGABYTES = 64
-MAX_PAYLOAD_BYTES = 256 * 1024  # the edge publishes batches of up to 128 KiB (Gateway)
+# The edge publishes batches of up to 128 KiB, but a single larger record goes alone; a
+# message over the limit gets its client disconnected. 1 MiB, as examples/mosquitto.conf.
+MAX_PAYLOAD_BYTES = 2**20
 MAX_CONNECTIONS = 10_000
 MAX_INFLIGHT = 100  # unacknowledged QoS 1 messages towards one client
 MIN_SEGMENT_BYTES = 1024  # rumqttd refuses smaller segments
@@ -343,6 +345,8 @@ def _serve(config_path: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # rumqttd wraps its routing in error-level spans: one ERROR line per packet otherwise
     logging.getLogger("rumqttd").setLevel(logging.CRITICAL)
+    # Ctrl+C in a terminal reaches the whole process group: the parent decides when we stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from iotcore import IotCoreBroker  # here: the parent never loads the broker
 

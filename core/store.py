@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pluggy
@@ -367,13 +368,29 @@ def store_observations(db: sqlite_utils.Database, observations: Iterable[Observa
     is harmless). A record without a received time gets `received` (default: now, UTC).
     Return the new ones, as stored."""
     received = received or datetime.now(UTC)
-    new = []
+    given = [obs if obs.received is not None else msgspec.structs.replace(obs, received=received)
+             for obs in observations]
+    if not given:
+        return []
     with transaction(db):
-        for obs in observations:
-            if obs.received is None:
-                obs = msgspec.structs.replace(obs, received=received)
-            if _insert(db, "observations", _observation_row(obs), "ON CONFLICT (id) DO NOTHING"):
+        # one query for the ids already stored, one statement for the new rows: the write
+        # lock is held, so nothing can be stored in between
+        stored = set()
+        ids = list({obs.id for obs in given})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            stored.update(row[0] for row in db.execute(
+                f"SELECT id FROM observations WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk))
+        new = []
+        for obs in given:
+            if obs.id not in stored:
+                stored.add(obs.id)  # the same id twice in one call: the first is kept
                 new.append(obs)
+        received_text = utc_text(received)  # the same for most: format it once
+        db.conn.executemany(_OBSERVATION_INSERT, (
+            _observation_row(obs, received_text if obs.received is received else None)
+            for obs in new))
     return new
 
 
@@ -402,6 +419,8 @@ def store_record(db: sqlite_utils.Database, record: Record) -> Record:
             case Observation():
                 store_observations(db, [record])
             case QuestionnaireResponse():
+                if record.received is None:
+                    record = msgspec.structs.replace(record, received=datetime.now(UTC))
                 store_questionnaire_response(db, record)
             case Alarm():
                 _store_alarm(db, record)
@@ -484,8 +503,15 @@ def _store_limit_version(db: sqlite_utils.Database, new: LimitVersion) -> LimitV
 
 def store_evaluations(db: sqlite_utils.Database, evaluations: Iterable[Evaluation]) -> None:
     """Keep what each observation was checked against (once per observation, module, code)."""
-    rows = [(e.observation, e.module, e.code, e.severity, _json(e.limits), e.limits_source,
-             utc_text(e.evaluated)) for e in evaluations]
+    texts: dict[object, str] = {}  # the same few limit sets and one time, over and over
+
+    def text(value: object, convert: Callable[[Any], str]) -> str:
+        if value not in texts:
+            texts[value] = convert(value)
+        return texts[value]
+
+    rows = [(e.observation, e.module, e.code, e.severity, text(e.limits, _json),
+             e.limits_source, text(e.evaluated, utc_text)) for e in evaluations]
     with transaction(db):
         db.conn.executemany(
             "INSERT INTO evaluations (observation, module, code, severity, limits, "
@@ -589,18 +615,22 @@ def _json(value: object) -> str:
     return _json_encoder.encode(value).decode()
 
 
-def _observation_row(obs: Observation) -> dict:
+_OBSERVATION_COLUMNS = ("id", "patient", "device", "gateway", "code_system", "code", "unit",
+                        "value", "absent", "components", "flags", "context", "raw", "driver",
+                        "driver_version", "effective", "received", "wire")
+_OBSERVATION_INSERT = (f"INSERT INTO observations ({', '.join(_OBSERVATION_COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(_OBSERVATION_COLUMNS))})")
+
+
+def _observation_row(obs: Observation, received_text: str | None = None) -> tuple:
+    """The values of _OBSERVATION_COLUMNS (`received_text`: obs.received, formatted)."""
     assert obs.received is not None
-    return {
-        "id": obs.id, "patient": obs.patient, "device": obs.device, "gateway": obs.gateway,
-        "code_system": obs.code.system, "code": obs.code.code, "unit": obs.unit,
-        "value": None if obs.value is None else str(obs.value),
-        "absent": None if obs.absent is None else str(obs.absent),
-        "components": _json(obs.components), "flags": _json(obs.flags),
-        "context": _json(obs.context), "raw": obs.raw, "driver": obs.driver,
-        "driver_version": obs.driver_version, "effective": utc_text(obs.effective),
-        "received": utc_text(obs.received), "wire": wire.encode(obs).decode(),
-    }
+    return (obs.id, obs.patient, obs.device, obs.gateway, obs.code.system, obs.code.code,
+            obs.unit, None if obs.value is None else str(obs.value),
+            None if obs.absent is None else str(obs.absent), _json(obs.components),
+            _json(obs.flags), _json(obs.context), obs.raw, obs.driver, obs.driver_version,
+            utc_text(obs.effective), received_text or utc_text(obs.received),
+            wire.encode(obs).decode())
 
 
 def _questionnaire_row(qr: QuestionnaireResponse) -> dict:

@@ -47,7 +47,7 @@ class Mosquitto:
     """One Mosquitto process; its folder keeps the config, the log and the persistence."""
 
     def __init__(self, folder: Path, port: int | None = None, *, max_inflight: int = 100,
-                 extra: str = "") -> None:
+                 extra: str = "", save_every_change: bool = True) -> None:
         if not Path(BINARY).exists():
             raise FileNotFoundError(f"mosquitto not found at {BINARY}: {INSTALL_HINT}")
         self.folder = Path(folder)
@@ -56,6 +56,7 @@ class Mosquitto:
         self.config = self.folder / "mosquitto.conf"
         self.logfile = self.folder / "mosquitto.log"
         self.max_inflight = max_inflight
+        self.save_every_change = save_every_change  # False: Mosquitto's default autosave
         self.configure(extra)
         self.process: subprocess.Popen | None = None
         self.starts = 0
@@ -69,8 +70,8 @@ class Mosquitto:
             "persistence true",
             f"persistence_location {self.folder}/",
             "persistence_file mosquitto.db",
-            "autosave_on_changes true",
-            "autosave_interval 1",
+            *(["autosave_on_changes true", "autosave_interval 1"]
+              if self.save_every_change else []),
             "max_queued_messages 0",
             "max_queued_bytes 0",
             f"max_inflight_messages {self.max_inflight}",

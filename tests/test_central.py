@@ -10,6 +10,7 @@ gateway process.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -297,7 +298,7 @@ def test_kill_two_ingest_processes_at_random_moments(tmp_path, mosquitto):
     the subscription and are SIGKILLed at random moments (fixed seed) and restarted with
     their client ids; in the end every observation is stored exactly once and evaluated
     exactly once, and nothing was quarantined."""
-    rng = random.Random(20261122)
+    rng = random.Random(int(os.environ.get("TELEMON_KILL_SEED", "20261122")))
     cfg_path = write_config(tmp_path, mosquitto.url)
     db = store.open_database(store.central_database_path(load(cfg_path).storage.path))
     for g in range(KILL_GATEWAYS):
@@ -321,7 +322,7 @@ def test_kill_two_ingest_processes_at_random_moments(tmp_path, mosquitto):
     started = time.monotonic()
     try:
         while any(f.poll() is None for f in feeders) and time.monotonic() - started < 240:
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.2, 0.8))
             n = rng.randrange(2)
             centrals[n].send_signal(signal.SIGKILL)
             centrals[n].wait(10)
@@ -346,7 +347,7 @@ def test_kill_two_ingest_processes_at_random_moments(tmp_path, mosquitto):
     assert len(stored) == len(expected) and set(stored) == expected
     assert report["evaluations"] == total  # each new reading evaluated once, re-sends never
     assert report["quarantined"] == 0
-    assert sum(kills.values()) >= 5, f"too few kills landed during the run: {report}"
+    assert sum(kills.values()) >= 8, f"too few kills landed during the run: {report}"
     db.close()
 
 

@@ -25,13 +25,16 @@ import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
+from zoneinfo import ZoneInfo
 
 import click
 import msgspec
 import sqlite_utils
 
 from telemon import __version__, admin, store, wire
-from telemon.codes import MDC, lookup
+from telemon.codes import MDC
+from telemon.export import observation_parts
 from telemon.hookspecs import hookimpl
 from telemon.models import (
     Evaluation,
@@ -86,13 +89,39 @@ def _batch(records: list) -> bytes:
 
 def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.PathLike[str],
                    actor: str) -> dict:
-    """Write everything held about `patient` to the zip archive `output`; return its
-    manifest. AdminError for an unknown patient or an unusable output path."""
+    """Write everything held about `patient` to the zip archive `output` (replacing it);
+    return its manifest. AdminError for an unknown patient or an unusable output path."""
     output = Path(output)
     if output.is_dir():
         raise admin.AdminError(f"{output} is a folder: give the archive's file name")
     if not output.parent.is_dir():
         raise admin.AdminError(f"folder {output.parent} does not exist")
+    person, files = _files(db, patient)
+    manifest = msgspec.json.decode(files["manifest.json"][0])
+    # Not telemon.export.write_atomically: the archive must be owner-only from its first
+    # byte (it is personal data), and it may only appear together with its audit entry.
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_zip(f, files, stamp=datetime.fromisoformat(manifest["created"]),
+                       zone=person.timezone)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        with store.transaction(db):
+            store.audit(db, actor=actor, action="export.citizen", patient=patient,
+                        output=str(output.resolve()), sha256=digest,
+                        records={f["name"]: f["records"] for f in manifest["files"]
+                                 if f["records"] is not None})
+            os.replace(tmp, output)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return manifest
+
+
+def _files(db: sqlite_utils.Database, patient: str,
+           ) -> tuple[admin.Patient, dict[str, tuple[bytes, int | None]]]:
+    """The patient and the archive's files: name -> (content, record count or None)."""
     with _snapshot(db):
         person = admin.get_patient(db, patient)
         observations: list[Observation] = _wire_records(db, "observations", patient,
@@ -112,7 +141,7 @@ def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.
     writer = csv.DictWriter(table, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows)
-    data = {  # name -> (bytes, record count)
+    data = {
         "patient.json": (_json({
             "id": person.id, "display_name": person.display_name,
             "organisation": person.organisation, "timezone": person.timezone.key,
@@ -127,7 +156,7 @@ def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.
         "audit.json": (_json(audit), len(audit)),
     }
     readme = _readme(person, created, observations, {n: c for n, (_, c) in data.items()})
-    files = {"README.md": (readme.encode(), None), **data}
+    files: dict[str, tuple[bytes, int | None]] = {"README.md": (readme.encode(), None), **data}
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "generator": f"telemon {__version__}",
         "patient": person.id, "created": created, "timezone": person.timezone.key,
@@ -136,29 +165,19 @@ def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.
                   for name, (content, count) in files.items()],
     }
     files["manifest.json"] = (_json(manifest), None)
+    return person, files
 
-    stamp = created.astimezone(person.timezone).timetuple()[:6]
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp made it owner-only: it is personal data
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-                for name, (content, _) in files.items():
-                    info = zipfile.ZipInfo(name, date_time=stamp)
-                    info.external_attr = 0o600 << 16  # unpacked owner-only too
-                    archive.writestr(info, content, compress_type=zipfile.ZIP_DEFLATED)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        with store.transaction(db):  # the archive appears only with its audit entry
-            store.audit(db, actor=actor, action="export.citizen", patient=patient,
-                        output=str(output.resolve()), sha256=digest,
-                        records={n: c for n, (_, c) in data.items()})
-            os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return manifest
+
+def _write_zip(f: BinaryIO, files: dict[str, tuple[bytes, int | None]], *, stamp: datetime,
+               zone: ZoneInfo) -> None:
+    """The files as a zip archive, stamped with the local creation time, then on disk."""
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, (content, _) in files.items():
+            info = zipfile.ZipInfo(name, date_time=stamp.astimezone(zone).timetuple()[:6])
+            info.external_attr = 0o600 << 16  # owner-only when unpacked too
+            archive.writestr(info, content, compress_type=zipfile.ZIP_DEFLATED)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 # --- README -----------------------------------------------------------------------------------
@@ -213,14 +232,13 @@ def _readme(person: admin.Patient, created: datetime, observations: list[Observa
         return "" if n is None else f" ({n} record{'' if n == 1 else 's'})"
 
     files = "\n".join(f"- **{name}**{count(name)}: {text}" for name, text in _FILES.items())
-    codes = {(part.code.system, part.code.code): (part.code, part.unit)
-             for obs in observations for part in obs.components or (obs,)}
+    parts = {(part.code.system, part.code.code): (known, part)
+             for obs in observations for known, part in observation_parts(obs)}
     measures = []
-    for code, unit in sorted(codes.values(), key=lambda pair: (pair[0].system, pair[0].code)):
-        known = lookup(code)
+    for (system, code), (known, part) in sorted(parts.items()):
         name = f"{known.key}: " if known else ""
         loinc = f", LOINC {known.loinc}" if known and known.loinc else ""
-        measures.append(f"| {name}{code.display} | {unit} | {code.system} {code.code}{loinc} |")
+        measures.append(f"| {name}{part.code.display} | {part.unit} | {system} {code}{loinc} |")
     units = "\n".join(["| Measure | Unit (UCUM) | Code |", "|---|---|---|", *measures]
                       ) if measures else "There are no readings."
     zone = person.timezone
@@ -260,7 +278,7 @@ Units are UCUM (`%`, `/min`, `kg`, `mm[Hg]`, `Cel`). Codes are IEEE 11073 MDC
 @click.command(name="citizen")
 @click.argument("patient_id", metavar="PATIENT")
 @admin.config_option
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
+@click.option("--output", "-o", required=True, type=click.Path(),
               help="The zip archive to write (replaced if it exists).")
 @admin.by_option
 @admin.reports_errors

@@ -23,7 +23,6 @@ identifier), so the server keeps each resource once however often it is sent.
 
 from __future__ import annotations
 
-import os
 import urllib.error
 import urllib.request
 import uuid
@@ -48,6 +47,7 @@ from telemon.export import (
     id_system,
     is_vital_sign,
     observation_parts,
+    write_atomically,
 )
 from telemon.exporters import Exporter, Option
 from telemon.hookspecs import hookimpl
@@ -296,17 +296,6 @@ class FhirTarget:
 
     def close(self) -> None:
         pass
-
-
-def write_atomically(path: Path, content: bytes) -> None:
-    """Write a file so that a crash leaves the old one or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def open_target(options: Mapping[str, Any]) -> FhirTarget:

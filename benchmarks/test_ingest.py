@@ -1,0 +1,289 @@
+"""Central ingest end to end (broker -> validated -> stored -> evaluated), against a bare
+subscriber on the same Mosquitto with the same payloads, in the same run.
+
+Each round drains a backlog: the messages are published while the consumer is offline (its
+persistent session queues them; Mosquitto is configured with no queue limit), then the
+consumer connects and the clock runs until it has taken all of them. So the figure is the
+consumer's rate, not the publisher's. Peers:
+
+* `bare`: a paho-mqtt subscriber in its own shared-subscription group that counts messages
+  (paho acknowledges each after the callback): the ceiling of a Python MQTT consumer here.
+* `central`: `telemon.central.Central` with the COPD module: decode, check the enrolment,
+  store, evaluate every reading against its limits, commit, then acknowledge.
+
+Two payload shapes: `batched` (gateways send 100 readings per message, as the edge does) and
+`single` (one reading per message). The ratio central/bare per shape is printed by the last
+test (run with `-s`), with the observations per second.
+
+`test_alarm_latency` publishes single readings at 1,000 per second, one in ten a red SpO2 of
+a patient without an open alarm, and measures publish -> alarm event on the alarms topic
+(p50/p99).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from telemon import config, mqtt, plugin_manager, store, wire
+from telemon.backoff import Backoff
+from telemon.central import Central
+from telemon.codes import KNOWN
+from telemon.models import Enrolment, Observation
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from mosquitto import Mosquitto  # the tests' broker fixture class
+
+ORG = "kommune-0999"
+PATIENTS = 1000
+GATEWAYS = PATIENTS  # one home, one patient: a message carries one patient's readings
+BACKLOG = {"batched": (200, 100), "single": (2000, 1)}  # shape -> (messages, per message)
+ROUNDS = 3
+RESULTS: dict[tuple[str, str], float] = {}  # (shape, peer) -> best observations/s
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+_numbers = itertools.count()
+
+
+def reading(patient: int, value: str = "95") -> Observation:
+    n = next(_numbers)
+    return Observation(id=f"bench-{n}", patient=f"p-{patient:04d}", device="dev-1",
+                       gateway=f"gw-{patient % GATEWAYS}", code=KNOWN["spo2"].code, unit="%",
+                       value=Decimal(value), effective=T0 + timedelta(seconds=n % 80000))
+
+
+def payloads(shape: str) -> list[tuple[str, bytes]]:
+    messages, per = BACKLOG[shape]
+    out = []
+    for m in range(messages):
+        g = m % GATEWAYS
+        patients = [g + GATEWAYS * ((m * per + k) % (PATIENTS // GATEWAYS)) for k in range(per)]
+        out.append((mqtt.obs_topic(ORG, f"gw-{g}"),
+                    wire.encode_batch([reading(p) for p in patients])))
+    return out
+
+
+def client(client_id: str, port: int, *, expiry: int = 3600, inflight: int = 20) -> paho.Client:
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                    protocol=MQTTProtocolVersion.MQTTv5)
+    c.max_inflight_messages_set(inflight)
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = expiry
+    c.connect("127.0.0.1", port, clean_start=expiry == 0, properties=properties)
+    return c
+
+
+def forget_session(client_id: str, port: int) -> None:
+    """End a persistent session (and so its share of the subscription) at the broker."""
+    c = client(client_id, port, expiry=0)
+    connected = threading.Event()
+    c.on_connect = lambda *_: connected.set()
+    c.loop_start()
+    assert connected.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def open_session(client_id: str, port: int, topic: str) -> None:
+    """Create a persistent session subscribed to `topic`, then go offline."""
+    c = client(client_id, port)
+    done = threading.Event()
+    c.on_subscribe = lambda *_: done.set()
+    c.loop_start()
+    c.subscribe(topic, qos=1)
+    assert done.wait(10)
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish(port: int, messages: list[tuple[str, bytes]]) -> None:
+    c = client(f"bench-pub-{random.randrange(10**9)}", port, expiry=0, inflight=200)
+    c.loop_start()
+    infos = [c.publish(topic, payload, qos=1) for topic, payload in messages]
+    for info in infos:
+        info.wait_for_publish(30)
+    c.disconnect()
+    c.loop_stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    # saving after every change (the kill tests' setting) would rewrite the whole queued
+    # backlog to disk per message: Mosquitto's default autosave here
+    b = Mosquitto(tmp_path_factory.mktemp("mosquitto"), max_inflight=1000,
+                  save_every_change=False).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def central_config(broker, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("central")
+    data = {"role": "central", "organisation": ORG, "broker": {"url": broker.url},
+            "storage": {"path": str(folder)}, "modules": {"copd": {"enabled": True}}}
+    cfg, problems = config.validate(data, plugin_manager.get()[1])
+    assert not problems
+    db = store.open_database(store.central_database_path(cfg.storage.path))
+    with store.transaction(db):
+        for p in range(PATIENTS):
+            store.store_record(db, Enrolment(patient=f"p-{p:04d}", organisation=ORG,
+                                             modules=("copd",), gateways=(f"gw-{p % GATEWAYS}",),
+                                             enrolled=T0))
+        store.audit(db, actor="bench", action="patient.add")
+    db.close()
+    return cfg
+
+
+def stored(cfg) -> int:
+    db = store.open_database(store.central_database_path(cfg.storage.path))
+    try:
+        return db.execute("SELECT COUNT(*) FROM observations").fetchone()[0]
+    finally:
+        db.close()
+
+
+def drain_with_central(cfg, port: int, shape: str) -> float:
+    """Backlog published while the central is away; seconds until it has stored it all."""
+    messages = payloads(shape)
+    forget_session("bench-bare", port)
+    open_session("bench-central", port, mqtt.central_subscription(ORG))
+    before = stored(cfg)
+    publish(port, messages)
+    expected = before + sum(len(wire.decode_message(p).records) for _, p in messages)
+    central = Central(cfg, plugin_manager.get()[1].modules, client_id="bench-central",
+                      tick_every=3600, backoff=Backoff(0.05, 0.3))
+    started = time.perf_counter()
+    central.start()
+    while central.counters.messages < len(messages):
+        time.sleep(0.002)
+    elapsed = time.perf_counter() - started
+    central.close()
+    assert stored(cfg) == expected
+    return elapsed
+
+
+def drain_with_bare(port: int, shape: str) -> float:
+    messages = payloads(shape)
+    forget_session("bench-central", port)
+    topic = f"$share/bare-{ORG}/{mqtt.ROOT}/{ORG}/+/obs"
+    open_session("bench-bare", port, topic)
+    publish(port, messages)
+    received = 0
+    done = threading.Event()
+
+    def on_message(*_):
+        nonlocal received
+        received += 1
+        if received == len(messages):
+            done.set()
+
+    started = time.perf_counter()
+    c = client("bench-bare", port)
+    c.on_message = on_message
+    c.loop_start()
+    assert done.wait(120)
+    elapsed = time.perf_counter() - started
+    c.disconnect()
+    c.loop_stop()
+    forget_session("bench-bare", port)
+    return elapsed
+
+
+def observations_per_second(shape: str, seconds: float) -> float:
+    messages, per = BACKLOG[shape]
+    return messages * per / seconds
+
+
+@pytest.mark.parametrize("shape", ["batched", "single"])
+@pytest.mark.parametrize("peer", ["bare", "central"])
+def test_ingest(benchmark, broker, central_config, shape, peer):
+    benchmark.group = f"ingest-{shape}"
+    benchmark.extra_info["observations"] = BACKLOG[shape][0] * BACKLOG[shape][1]
+    if peer == "central":
+        run = lambda: drain_with_central(central_config, broker.port, shape)  # noqa: E731
+    else:
+        run = lambda: drain_with_bare(broker.port, shape)  # noqa: E731
+    seconds = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
+    if not benchmark.disabled:
+        RESULTS[(shape, peer)] = observations_per_second(shape, benchmark.stats.stats.min)
+    else:
+        assert seconds > 0
+
+
+def test_alarm_latency(broker, central_config, request):
+    """p50/p99 from publish to alarm event at 1,000 readings per second."""
+    disabled = request.config.getoption("benchmark_disable", False)
+    seconds = 1.0 if disabled else 5.0
+    rate = 1000
+    forget_session("bench-bare", broker.port)
+    forget_session("bench-central", broker.port)
+    published: dict[str, float] = {}
+    arrived: dict[str, float] = {}
+    watcher = client("bench-nurse", broker.port, expiry=0)
+    watcher.on_message = lambda _c, _u, m: arrived.setdefault(
+        wire.decode(m.payload).observations[0], time.perf_counter())
+    subscribed = threading.Event()
+    watcher.on_subscribe = lambda *_: subscribed.set()
+    watcher.loop_start()
+    watcher.subscribe(mqtt.alarms_topic(ORG), qos=1)
+    assert subscribed.wait(10)
+    central = Central(central_config, plugin_manager.get()[1].modules,
+                      client_id="bench-central", tick_every=3600, max_group_seconds=0.005)
+    central.start()
+    assert central.wait_connected(10)
+    publisher = client("bench-latency-pub", broker.port, expiry=0, inflight=1000)
+    publisher.loop_start()
+    # red readings go to patients in turn; each patient's earlier alarm is resolved first
+    # by the debounce rule (one unresolved alarm per rule), so every red one is a new alarm:
+    # resolve them all before the run
+    db = store.open_database(store.central_database_path(central_config.storage.path))
+    with store.transaction(db):
+        db.execute("UPDATE alarms SET state = 'resolved'")
+    db.close()
+    total = int(seconds * rate)
+    start = time.perf_counter()
+    for i in range(total):
+        due = start + i / rate
+        while time.perf_counter() < due:
+            time.sleep(0.0002)
+        red = i % 10 == 0
+        obs = reading((i // 10) % PATIENTS if red else i % PATIENTS, "80" if red else "95")
+        if red:
+            published[obs.id] = time.perf_counter()
+        publisher.publish(mqtt.obs_topic(ORG, obs.gateway), wire.encode_batch([obs]), qos=1)
+    deadline = time.perf_counter() + 30
+    while len(arrived.keys() & published.keys()) < len(published) and \
+            time.perf_counter() < deadline:
+        time.sleep(0.01)
+    central.close()
+    publisher.disconnect()
+    publisher.loop_stop()
+    watcher.disconnect()
+    watcher.loop_stop()
+    latencies = sorted(arrived[k] - published[k] for k in published if k in arrived)
+    assert len(latencies) == len(published), f"{len(published) - len(latencies)} alarms lost"
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    print(f"\nalarm latency at {rate} readings/s for {seconds:g} s: {len(latencies)} alarms, "
+          f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+
+
+def test_report_ratios():
+    if not RESULTS:
+        pytest.skip("benchmarks disabled: no timings to compare")
+    for shape in BACKLOG:
+        bare, central = RESULTS.get((shape, "bare")), RESULTS.get((shape, "central"))
+        if bare and central:
+            print(f"\ningest {shape}: central {central:,.0f} obs/s, bare subscriber "
+                  f"{bare:,.0f} obs/s, ratio {central / bare:.2f}")
