@@ -791,12 +791,7 @@ consent_grant = _consent_command(granted=True)
 consent_withdraw = _consent_command(granted=False)
 
 
-@click.group(name="audit")
-def audit_group() -> None:
-    """Query the audit log: who changed or read what, when."""
-
-
-@audit_group.command(name="query")
+@click.command(name="audit")
 @click.option("--patient", "patient_id", default=None, help="Only entries about this patient.")
 @click.option("--since", default=None, metavar="TIME",
               help="Only entries from this ISO 8601 date or time (local without an offset).")
@@ -805,7 +800,8 @@ def audit_group() -> None:
 @reports_errors
 def audit_query(patient_id: str | None, since: str | None, as_json: bool,
                 config_path: str) -> None:
-    """Print audit entries, oldest first, in the patient's (else the central's) time zone."""
+    """Query the audit log: who changed or read what, when (oldest first, in the patient's,
+    else the central's, time zone)."""
     with open_central(config_path) as central:
         zone = (get_patient(central.db, patient_id).timezone if patient_id
                 else central.config.timezone)
@@ -820,5 +816,5 @@ def audit_query(patient_id: str | None, since: str | None, as_json: bool,
 
 
 COMMANDS = (patient_group, limits_group, modules_group, gateway_group, consent_group,
-            audit_group)
+            audit_query)
 """The groups to add to the `telemon` command line."""

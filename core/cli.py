@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from telemon import __version__, plugin_manager
+from telemon import __version__, admin, plugin_manager
 from telemon.central import central_command
 from telemon.edge import edge
 
@@ -315,6 +315,8 @@ def _observation_json(observation) -> dict:
 
 cli.add_command(edge)
 cli.add_command(central_command)
+for _group in admin.COMMANDS:
+    cli.add_command(_group)
 
 
 def build_cli() -> click.Group:

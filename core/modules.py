@@ -84,7 +84,13 @@ class DiseaseModule:
         for code in self.schedule.codes:
             if code not in self.codes:
                 found.append(f"schedule asks for {code!r}, which is not among its codes")
+        names = [rule.name for rule in self.rules]
+        found += [f"rule name {name!r} is used by more than one rule"
+                  for name in dict.fromkeys(names) if names.count(name) > 1]
         for rule in self.rules:
+            if not NAME_PATTERN.match(rule.name) or rule.name == "missing":
+                found.append(f"rule name {rule.name!r} must be lower-case letters, digits and "
+                             "_, and not 'missing' (the core's schedule check)")
             if not callable(rule.evaluate):
                 found.append(f"rule {rule.name!r}: evaluate must be a function of Series")
             found += [f"rule {rule.name!r} watches {c!r}, which is not among its codes"

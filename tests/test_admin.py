@@ -360,13 +360,13 @@ def test_cli_limits_history_and_audit_query(run, central):
     assert [v["limits"]["red_low"] for v in versions] == [86, 85]
     assert versions[0]["valid_from"] == "2026-01-10T08:00:00Z"  # JSON keeps UTC
 
-    entries = json.loads(run("audit", "query", "--patient", "p-0001", "--json").output)
+    entries = json.loads(run("audit", "--patient", "p-0001", "--json").output)
     assert [e["action"] for e in entries] == ["patient.add", "limits.set", "limits.set",
                                               "limits.history", "limits.history"]
     assert entries[2]["detail"]["before"]["red_low"] == 86
     tomorrow = (datetime.now(CPH) + timedelta(days=1)).date().isoformat()
-    assert json.loads(run("audit", "query", "--since", tomorrow, "--json").output) == []
-    table = run("audit", "query", "--patient", "p-0001").output.splitlines()
+    assert json.loads(run("audit", "--since", tomorrow, "--json").output) == []
+    table = run("audit", "--patient", "p-0001").output.splitlines()
     assert table[0].split() == ["TIME", "ACTOR", "ACTION", "PATIENT", "DETAIL"]
     assert len(table) == 1 + len(entries)
 

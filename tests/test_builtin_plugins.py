@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from telemon.codes import KNOWN
 from telemon.drivers import FrameError, ParseContext
-from telemon.models import AbsentReason, Triage
+from telemon.models import AbsentReason, LimitSet, Triage
 from telemon.plugins.drivers.ble_blood_pressure import parse
 from telemon.plugins.exporters.csv import EXPORTER
 from telemon.plugins.modules.copd import MODULE
@@ -165,3 +165,52 @@ def test_gateway_time_zone_applies_to_device_clock():
     utc_ctx = ParseContext(**{**CTX.__dict__, "device_tz": UTC})
     [bp, _] = parse(FULL, utc_ctx)
     assert bp.effective == datetime(2026, 3, 1, 7, 45, 12, tzinfo=UTC)
+
+
+def test_module_rule_names_must_be_unique_and_not_the_cores():
+    import dataclasses
+
+    rule = MODULE.rules[0]
+    twice = dataclasses.replace(MODULE, rules=(rule, rule))
+    assert twice.problems() == ["rule name 'spo2_sustained_low' is used by more than one rule"]
+    reserved = dataclasses.replace(MODULE, rules=(dataclasses.replace(rule, name="missing"),))
+    assert "not 'missing'" in reserved.problems()[0]
+
+
+def spo2_series(hours_and_values, yellow_low=90):
+    import numpy as np
+
+    from telemon.modules import Series
+
+    t0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
+    times = np.array([t0 + h * 3600 for h, _ in hours_and_values], dtype=np.float64)
+    values = np.array([v for _, v in hours_and_values], dtype=np.float64)
+    limits = LimitSet(yellow_low=None if yellow_low is None else Decimal(yellow_low))
+    return Series("p-1", "spo2", times, values,
+                  tuple(f"o{i}" for i in range(len(times))), limits)
+
+
+@pytest.mark.parametrize("readings, found", [
+    ([], None),
+    ([(0, 89)], None),                                  # one low reading: the limits' job
+    ([(0, 89), (12, 88), (23.9, 89)], None),            # not yet 24 h
+    ([(0, 89), (12, 88), (24, 89)], ("o0", "o1", "o2")),
+    ([(0, 89), (12, 90), (24, 89), (36, 89)], None),    # a reading on the limit ends the run
+    ([(0, 95), (6, 89), (18, float("nan")), (30, 89)], ("o1", "o2", "o3")),  # NaN: no break
+    ([(0, 89), (24, 89), (30, 94)], None),              # recovered at the latest reading
+])
+def test_copd_sustained_low_spo2_rule(readings, found):
+    from telemon.plugins.modules.copd import spo2_sustained_low
+
+    findings = spo2_sustained_low(spo2_series(readings))
+    if found is None:
+        assert findings == []
+    else:
+        (finding,) = findings
+        assert finding.severity is Triage.RED and finding.observations == found
+
+
+def test_copd_sustained_low_spo2_rule_needs_a_yellow_low_limit():
+    from telemon.plugins.modules.copd import spo2_sustained_low
+
+    assert spo2_sustained_low(spo2_series([(0, 70), (30, 70)], yellow_low=None)) == []
