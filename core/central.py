@@ -107,6 +107,7 @@ class Central:
         self.alarms_topic = mqtt.alarms_topic(self.organisation)
         self._client: paho.Client | None = None
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pending: list[Message] = []
@@ -143,7 +144,9 @@ class Central:
         self._run()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Wait until connected and subscribed (the broker has acknowledged the subscription,
+        so whatever is published from now on reaches this central's group)."""
+        return self._subscribed.wait(timeout)
 
     def _run(self) -> None:
         logger.info("central %s (%s) starting on %s", self.organisation, self.client_id,
@@ -213,6 +216,7 @@ class Central:
                 self._client.on_connect = self._on_connect
                 self._client.on_disconnect = self._on_disconnect
                 self._client.on_message = self._on_message
+                self._client.on_subscribe = self._on_subscribe
                 self._client.on_publish = self._on_publish
                 self._client.connect(**mqtt.connect_arguments(broker, self.protocol))
             else:
@@ -244,11 +248,21 @@ class Central:
                     "5" if self.protocol == mqtt.MQTTv5 else "3.1.1",
                     "resumed" if flags.session_present else "new")
 
+    def _on_subscribe(self, _client: paho.Client, _userdata: Any, _mid: int, reasons: Any,
+                      _properties: Any) -> None:
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            logger.error("broker refused the subscription %s: %s",
+                         mqtt.central_subscription(self.organisation), reasons)
+            return
+        logger.info("subscribed to %s", mqtt.central_subscription(self.organisation))
+        self._subscribed.set()
+
     def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any,
                        _properties: Any) -> None:
         if self._connected.is_set():
             logger.warning("disconnected from the broker: %s", reason)
         self._connected.clear()
+        self._subscribed.clear()
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
         self._pending.append(Message(message.topic, message.payload, message.mid, message.qos))
@@ -268,6 +282,7 @@ class Central:
 
     def _drop_client(self) -> None:
         self._connected.clear()
+        self._subscribed.clear()
         self._pending = []  # not acknowledged: the broker delivers them again
         self._alarm_mids.clear()  # their claims expire; published again
         client, self._client = self._client, None
@@ -298,7 +313,7 @@ class Central:
             new: list[Observation] = []
             for message in messages:
                 try:
-                    with store.transaction(self.db):  # a savepoint: one message at a time
+                    with store.savepoint(self.db):  # one message fails alone
                         new += self._ingest(message, now)
                 except sqlite3.OperationalError:
                     raise

@@ -8,7 +8,8 @@ decimals as text (so 2.0 stays 2.0), structures as JSON, and every observation a
 its full wire form and its raw device bytes: nothing that arrived is ever lost.
 
 Every write function is one transaction. To make several of them one transaction, wrap
-them in `transaction(db)`; the inner ones then become savepoints of the outer one.
+them in `transaction(db)`; the inner ones then join the outer one, and `savepoint(db)` marks
+a part that may fail alone.
 Audit trails (alarm events, consent events, limit versions) are append-only: triggers
 refuse to change or delete them.
 """
@@ -16,6 +17,7 @@ refuse to change or delete them.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -120,13 +122,13 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
 
     It starts with BEGIN IMMEDIATE, taking the write lock up front (waiting up to the busy
     timeout), so a transaction that reads and then writes (the next limit version) cannot
-    fail half-way on a concurrent writer. Inside another transaction it is a savepoint.
-    (Not `with db.conn:`: sqlite-utils commits a statement that opened an implicit
+    fail half-way on a concurrent writer. Inside another transaction it simply joins it (the
+    outer one commits or rolls back everything; `savepoint` marks a part that may fail
+    alone). (Not `with db.conn:`: sqlite-utils commits a statement that opened an implicit
     transaction, which would split the block into several transactions.)
     """
     if db.conn.in_transaction:
-        with db.atomic():
-            yield db
+        yield db
         return
     db.conn.execute("BEGIN IMMEDIATE")
     try:
@@ -135,6 +137,26 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     except BaseException:
         db.rollback()
         raise
+
+
+_savepoints = itertools.count()
+
+
+@contextlib.contextmanager
+def savepoint(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Inside a transaction, a part that may fail alone: if the block raises, what it wrote
+    is undone and the exception goes on; the rest of the transaction is kept."""
+    if not db.conn.in_transaction:
+        raise RuntimeError("a savepoint belongs inside a transaction")
+    name = f"part_{next(_savepoints)}"
+    db.conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute(f"ROLLBACK TO {name}")
+        db.conn.execute(f"RELEASE {name}")
+        raise
+    db.conn.execute(f"RELEASE {name}")
 
 
 # --- migrations ---------------------------------------------------------------------------

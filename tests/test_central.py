@@ -244,7 +244,7 @@ def test_central_command_runs_until_sigterm(tmp_path, mosquitto):
         process = subprocess.Popen([sys.executable, "-m", "telemon.cli", "central", "--config",
                                     str(cfg_path)], stderr=stderr)
     try:
-        assert wait_until(lambda: "connected to" in log.read_text()), log.read_text()
+        assert wait_until(lambda: "subscribed to" in log.read_text()), log.read_text()
         home = gateway(tmp_path, mosquitto.url, "gw-1")
         home.start()
         home.submit([reading(i, "p-0001", "gw-1") for i in range(10)])
@@ -313,7 +313,7 @@ def test_kill_two_ingest_processes_at_random_moments(tmp_path, mosquitto):
                  "--client-id", f"central-kill-{n}"], stderr=stderr)
 
     centrals = [start_central(0), start_central(1)]
-    assert wait_until(lambda: all("connected to" in (logs / f"central-{n}.log").read_text()
+    assert wait_until(lambda: all("subscribed to" in (logs / f"central-{n}.log").read_text()
                                   for n in range(2)))  # subscribed before the gateways start
     feeders = [subprocess.Popen([sys.executable, str(HERE), "feed", mosquitto.url, str(g),
                                  str(tmp_path), "50"], stderr=subprocess.DEVNULL)
