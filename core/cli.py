@@ -8,8 +8,10 @@ import sys
 import click
 
 from telemon import __version__, admin, plugin_manager
+from telemon.broker import broker_command
 from telemon.central import central_command
 from telemon.edge import edge
+from telemon.export import export_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -315,6 +317,8 @@ def _observation_json(observation) -> dict:
 
 cli.add_command(edge)
 cli.add_command(central_command)
+cli.add_command(broker_command)
+cli.add_command(export_group)
 for _group in admin.COMMANDS:
     cli.add_command(_group)
 

@@ -33,6 +33,13 @@ class MeasureCode:
     danish: tuple[str, str] | None  # (system, code)
     plausible: tuple[float, float]
     verified: bool = True
+    ehealth: tuple[str, str] | None = None  # the national infrastructure's code, if not `danish`
+
+    @property
+    def ehealth_code(self) -> tuple[str, str] | None:
+        """The code the eHealth infrastructure's ehealth-observation-codes value set uses
+        (FHIR); `danish` is MedCom's, used in PHMR documents, where the two differ."""
+        return self.ehealth or self.danish
 
     @property
     def code(self) -> Code:
@@ -53,10 +60,12 @@ KNOWN: dict[str, MeasureCode] = {
         MeasureCode("weight", "Body weight", 188736, "29463-7", "kg", (NPU, "NPU03804"),
                     (10, 400)),
         MeasureCode("bp", "Blood pressure", 150020, "85354-9", "mm[Hg]", None, (20, 300)),
+        # home blood pressure: MedCom's PHMR value set has MCS88019/20, the eHealth
+        # observation-codes value set DNK05472/3 (both in shared/data/fhir-dk-ehealth)
         MeasureCode("bp_sys", "Systolic blood pressure", 150021, "8480-6", "mm[Hg]",
-                    (MCS, "MCS88019"), (40, 300)),
+                    (MCS, "MCS88019"), (40, 300), ehealth=(NPU, "DNK05472")),
         MeasureCode("bp_dia", "Diastolic blood pressure", 150022, "8462-4", "mm[Hg]",
-                    (MCS, "MCS88020"), (20, 200)),
+                    (MCS, "MCS88020"), (20, 200), ehealth=(NPU, "DNK05473")),
         MeasureCode("bp_mean", "Mean arterial pressure", 150023, "8478-0", "mm[Hg]", None,
                     (20, 250), verified=False),
         MeasureCode("temperature", "Body temperature", 150364, "8310-5", "Cel",

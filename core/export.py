@@ -133,7 +133,7 @@ def _save_position(db: sqlite_utils.Database, exporter: str, feed: str, position
             "INSERT INTO export_cursors (exporter, feed, position, updated) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (exporter, feed) DO UPDATE SET position = excluded.position, "
             "updated = excluded.updated",
-            [exporter, feed, position, datetime.now(UTC).isoformat(timespec="microseconds")])
+            [exporter, feed, position, store.utc_text(datetime.now(UTC))])
 
 
 def _next_batch(db: sqlite_utils.Database, exporter: str, feed: str,
@@ -211,6 +211,10 @@ VITAL_SIGNS_LOINC = frozenset({
 def is_vital_sign(measure: MeasureCode | None) -> bool:
     return measure is not None and measure.loinc in VITAL_SIGNS_LOINC
 
+
+INTERPRETATIONS = {"red": ("AA", "Critical abnormal"), "yellow": ("A", "Abnormal"),
+                   "green": ("N", "Normal")}
+"""A severity as an HL7 v3 ObservationInterpretation code (FHIR and CDA alike)."""
 
 MEDCOM_MESSAGE_CODES = "1.2.208.184.100.1"
 """OID of MedCom's message code system: alarm range types RAL / GAL, method codes."""

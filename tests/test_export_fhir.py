@@ -222,9 +222,6 @@ def test_danish_codes_are_from_the_observation_code_value_set(record):
 
 
 @needs_ig
-@pytest.mark.xfail(strict=True, reason="telemon.codes maps bp_sys / bp_dia to MedCom MCS88019 /"
-                   " MCS88020 (PHMR codes); the eHealth observation-codes value set has "
-                   "DNK05472 / DNK05473 for them (reported, codes.py is not this exporter's)")
 def test_blood_pressure_component_codes_are_from_the_observation_code_value_set():
     observation_codes = value_set("ValueSet-ehealth-observation-codes.json")
     resource = resources("Observation", [BP])[BP.id]
@@ -450,11 +447,7 @@ def test_the_runner_exports_stored_observations_with_their_stored_limits(tmp_pat
     db = store.open_database(store.central_database_path(tmp_path / "central"))
     store.store_observations(db, [SPO2, WEIGHT])
     store.store_record(db, QR)
-    with store.transaction(db):
-        db.execute("INSERT INTO evaluations (observation, module, code, severity, limits, "
-                   "limits_source, evaluated) VALUES (?, 'copd', 'spo2', 'yellow', ?, "
-                   "'patient v2', ?)",
-                   [SPO2.id, '{"red_low":88,"yellow_low":92}', T0.isoformat()])
+    store.store_evaluations(db, [evaluation(SPO2, "spo2", "yellow", SPO2_LIMITS)])
     out = tmp_path / "fhir"
     result = export_one(db, EXPORTER, {"directory": str(out)})
     assert (result.delivered, result.error) == (3, None)

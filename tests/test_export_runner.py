@@ -11,7 +11,6 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -31,7 +30,6 @@ from telemon.plugin_manager import Registry
 from telemon.plugins.exporters.csv import EXPORTER as CSV
 
 T0 = datetime(2026, 3, 1, 7, 45, tzinfo=UTC)
-STORED_JSON = msgspec.json.Encoder(decimal_format="number")  # as telemon.store writes JSON
 
 
 def observation(n: int, patient: str = "p-0001") -> Observation:
@@ -48,12 +46,9 @@ def questionnaire(n: int) -> QuestionnaireResponse:
 
 
 def add_evaluation(db, obs_id: str, module: str, severity: str, limits: LimitSet) -> None:
-    """As the central stores them (the evaluations table of migration m003)."""
-    with store.transaction(db):
-        db.execute("INSERT INTO evaluations (observation, module, code, severity, limits, "
-                   "limits_source, evaluated) VALUES (?, ?, 'spo2', ?, ?, 'module', ?)",
-                   [obs_id, module, severity, STORED_JSON.encode(limits).decode(),
-                    T0.isoformat(timespec="microseconds")])
+    store.store_evaluations(db, [Evaluation(
+        observation=obs_id, patient="p-0001", module=module, code="spo2", severity=severity,
+        limits=limits, limits_source="module", evaluated=T0)])
 
 
 class RecordingTarget:
@@ -319,3 +314,30 @@ def test_export_run_refuses_an_unusable_config(tmp_path):
     result = CliRunner().invoke(export_group, ["run", "--config", str(edge)])
     assert result.exit_code == 2
     assert "this is an edge config" in result.output
+
+
+def test_fhir_and_phmr_run_from_a_central_config(db, tmp_path):
+    """Before their entry points exist: the registry is built from the modules' EXPORTERs."""
+    from telemon.plugins.exporters.fhir import EXPORTER as FHIR
+    from telemon.plugins.exporters.phmr import EXPORTER as PHMR
+
+    store.store_observations(db, [observation(1), observation(2)])
+    store.store_record(db, questionnaire(1))
+    registry = Registry(exporters={"fhir": FHIR, "phmr": PHMR})
+    _, cfg = central_config(tmp_path, registry, f"""
+        [exporters.fhir]
+        enabled = true
+        directory = "{tmp_path / 'fhir'}"
+        timeout = 10
+        [exporters.phmr]
+        enabled = true
+        directory = "{tmp_path / 'phmr'}"
+        period = "week"
+    """)
+    assert dict(cfg.exporters["phmr"].options) == {
+        "directory": str(tmp_path / "phmr"), "period": "week", "timezone": "Europe/Copenhagen"}
+    # records handed over; PHMR takes the questionnaire response and leaves it out
+    assert run_exports(db, cfg, registry) == {"fhir": 3, "phmr": 3}
+    assert sorted(p.name for p in (tmp_path / "fhir" / "p-0001").iterdir()) == [
+        "bundle-obs-1.json", "bundle-qr-1.json"]
+    assert [p.name for p in (tmp_path / "phmr" / "p-0001").iterdir()] == ["2026-W09.xml"]

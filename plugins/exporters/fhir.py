@@ -39,6 +39,7 @@ import msgspec
 from telemon import __version__
 from telemon.codes import lookup
 from telemon.export import (
+    INTERPRETATIONS,
     MEDCOM_MESSAGE_CODES,
     AlarmRange,
     ExportError,
@@ -67,10 +68,6 @@ PHD_CATEGORY = "http://hl7.org/fhir/uv/phd/CodeSystem/PhdObservationCategories"
 OBSERVATION_METHOD = "http://ehealth.sundhed.dk/cs/observation-method"
 RESOLVED_TIMING_TYPE = "http://ehealth.sundhed.dk/cs/resolved-timing-type"
 
-# Severity -> HL7 v3 ObservationInterpretation: critical abnormal, abnormal, normal.
-INTERPRETATIONS = {"red": ("AA", "Critical abnormal"), "yellow": ("A", "Abnormal"),
-                   "green": ("N", "Normal")}
-
 _json = msgspec.json.Encoder(decimal_format="number")  # 2.0 stays 2.0
 
 
@@ -97,12 +94,12 @@ def common_extensions(patient: str) -> list[dict[str, Any]]:
 
 
 def codeable(code: Code) -> dict[str, Any]:
-    """The Danish code (NPU / MCS) where telemon knows one, then LOINC, then the canonical
-    (MDC) coding the device gave."""
+    """The eHealth infrastructure's code (NPU / MCS) where telemon knows one, then LOINC,
+    then the canonical (MDC) coding the device gave."""
     found = lookup(code)
     codings = []
-    if found is not None and found.danish is not None:
-        system, danish = found.danish
+    if found is not None and found.ehealth_code is not None:
+        system, danish = found.ehealth_code
         codings.append({"system": system, "code": danish})
     if found is not None and found.loinc is not None:
         codings.append({"system": "http://loinc.org", "code": found.loinc})

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from telemon import __version__
 from telemon.codes import LOINC, MCS, NPU, MeasureCode, lookup
 from telemon.export import (
+    INTERPRETATIONS,
     MEDCOM_MESSAGE_CODES,
     ExportError,
     PartAssessment,
@@ -89,7 +90,6 @@ TYPED_BY_CITIZEN = ("TPD", "Indtastet af borger")
 NULL_FLAVORS = {AbsentReason.NOT_A_NUMBER: "OTH", AbsentReason.POSITIVE_INFINITY: "PINF",
                 AbsentReason.NEGATIVE_INFINITY: "NINF", AbsentReason.ERROR: "UNK",
                 AbsentReason.UNSUPPORTED: "NA"}
-INTERPRETATIONS = {"red": "AA", "yellow": "A", "green": "N"}  # HL7 ObservationInterpretation
 PERIODS = ("day", "week")
 
 
@@ -182,7 +182,7 @@ def numeric_observation(obs: Observation, part_id: str, found: MeasureCode,
     else:
         sub(observation, "value", **{XSI_TYPE: "PQ", "nullFlavor": NULL_FLAVORS[part.absent]})
     if judged:
-        sub(observation, "interpretationCode", code=INTERPRETATIONS[judged.severity],
+        sub(observation, "interpretationCode", code=INTERPRETATIONS[judged.severity][0],
             codeSystem=INTERPRETATION_OID)
     methods = []
     if obs.context.get("method") == "self-measured":
