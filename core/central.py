@@ -28,6 +28,10 @@ each alarm's current state (a wire `alarm` record with its trail) at QoS 1 on
 than CLAIM_TIMEOUT (its process died) is taken over, so an event may be published twice but
 is never lost. Every `tick_every` seconds the engine escalates overdue red alarms and raises
 "missing" for schedules whose deadline passed.
+
+Every `export_every` seconds a thread of its own runs the enabled exporters
+(`telemon.export`), each from its durable cursor. Several ingest processes may all do so:
+targets are idempotent and a cursor never moves backwards, so the cost is repeated work only.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ from telemon import mqtt, plugin_manager, store, wire
 from telemon.alarms import AlarmEngine
 from telemon.backoff import Backoff
 from telemon.config import CentralConfig, load_or_exit
+from telemon.export import run_exports
 from telemon.models import Observation, QuestionnaireResponse
 from telemon.modules import DiseaseModule
+from telemon.plugin_manager import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +95,8 @@ class Central:
     def __init__(self, config: CentralConfig, modules: Mapping[str, DiseaseModule], *,
                  pm: Any = None, database: str | None = None, client_id: str | None = None,
                  poll: float = 0.05, max_group: int = 500, max_group_seconds: float = 0.05,
-                 tick_every: float = 30.0, backoff: Backoff | None = None) -> None:
+                 tick_every: float = 30.0, backoff: Backoff | None = None,
+                 registry: Registry | None = None, export_every: float = 60.0) -> None:
         self.config = config
         self.organisation = config.organisation
         self.database = database or store.central_database_path(config.storage.path)
@@ -101,6 +108,7 @@ class Central:
         self.claimant = f"{self.client_id}@{socket.gethostname()}:{os.getpid()}"
         self.poll, self.max_group, self.max_group_seconds = poll, max_group, max_group_seconds
         self.tick_every = tick_every
+        self.registry, self.export_every = registry, export_every
         self.backoff = backoff or Backoff()
         self.counters = Counters()
         self.protocol = mqtt.MQTTv5
@@ -113,6 +121,7 @@ class Central:
         self._pending: list[Message] = []
         self._alarm_mids: dict[int, list[int]] = {}  # message id -> alarm_outbox events
         self._tick_due = 0.0
+        self._exporter: threading.Thread | None = None
 
     # --- running ------------------------------------------------------------------------------
 
@@ -123,9 +132,10 @@ class Central:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in (self._thread, self._exporter):
+            if thread is not None:
+                thread.join(timeout)
+        self._thread = self._exporter = None
 
     def close(self) -> None:
         self.stop()
@@ -153,6 +163,10 @@ class Central:
                     self.database)
         self.db = store.open_database(self.database, pm=self.pm)
         self.engine = AlarmEngine(self.db, self.config, self.modules)
+        if self.registry is not None and any(e.enabled for e in self.config.exporters.values()):
+            self._exporter = threading.Thread(target=self._export, name="central-export",
+                                              daemon=True)
+            self._exporter.start()
         try:
             self._serve()
         finally:
@@ -375,6 +389,25 @@ class Central:
         self.counters.quarantined += 1
         logger.warning("quarantined from %s: %s", topic, reason)
 
+    # --- exports ------------------------------------------------------------------------------
+
+    def _export(self) -> None:
+        """Run the enabled exporters every export_every seconds, on a connection of its own
+        (exports read a lot and may wait on a remote server: never in the ingest thread)."""
+        db = store.open_database(self.database)
+        try:
+            while not self._stop.wait(self.export_every):
+                try:
+                    delivered = run_exports(db, self.config, self.registry)
+                except Exception:  # keep exporting next time; ingest is unaffected
+                    logger.exception("export run failed")
+                    continue
+                if any(delivered.values()):
+                    logger.info("exported: %s", ", ".join(f"{name} {count}" for name, count
+                                                          in delivered.items()))
+        finally:
+            db.close()
+
     # --- alarms ---------------------------------------------------------------------------------
 
     def _tick(self) -> None:
@@ -422,7 +455,10 @@ class Central:
                    "default: broker.client_id, else central-<organisation>).")
 @click.option("--tick", "tick_every", type=float, default=30.0, show_default=True,
               help="Seconds between checks for escalation and missed deadlines.")
-def central_command(config_path: str, client_id: str | None, tick_every: float) -> None:
+@click.option("--export-every", type=float, default=60.0, show_default=True,
+              help="Seconds between runs of the enabled exporters (also: telemon export run).")
+def central_command(config_path: str, client_id: str | None, tick_every: float,
+                    export_every: float) -> None:
     """Run an ingest process of the central until SIGTERM or SIGINT."""
     config = load_or_exit(config_path, CentralConfig)
     pm, registry = plugin_manager.get()
@@ -431,7 +467,8 @@ def central_command(config_path: str, client_id: str | None, tick_every: float) 
     pm.hook.startup(config=config)
     try:
         with Central(config, registry.modules, pm=pm, client_id=client_id,
-                     tick_every=tick_every) as central:
+                     tick_every=tick_every, registry=registry,
+                     export_every=export_every) as central:
             central.run()
     finally:
         pm.hook.shutdown(config=config)

@@ -131,8 +131,9 @@ def _save_position(db: sqlite_utils.Database, exporter: str, feed: str, position
     with store.transaction(db):
         db.execute(
             "INSERT INTO export_cursors (exporter, feed, position, updated) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (exporter, feed) DO UPDATE SET position = excluded.position, "
-            "updated = excluded.updated",
+            # never backwards: another process running the same exporter may be behind
+            "ON CONFLICT (exporter, feed) DO UPDATE SET position = "
+            "MAX(position, excluded.position), updated = excluded.updated",
             [exporter, feed, position, store.utc_text(datetime.now(UTC))])
 
 

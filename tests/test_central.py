@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve()
 MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 
 
-def write_config(folder: Path, url: str) -> Path:
+def write_config(folder: Path, url: str, extra: str = "") -> Path:
     path = folder / "central.toml"
     path.write_text(f'''role = "central"
 organisation = "{ORG}"
@@ -51,7 +51,7 @@ url = "{url}"
 path = "{folder / 'data'}"
 [modules.copd]
 enabled = true
-''')
+{extra}''')
     return path
 
 
@@ -234,6 +234,30 @@ def test_readings_sent_while_the_central_is_down_arrive_when_it_is_back(tmp_path
     with Central(cfg, modules, client_id="central-a") as second:
         second.start()
         assert wait_until(lambda: count(db, "observations") == 20)
+    db.close()
+
+
+def test_the_central_runs_the_enabled_exporters(tmp_path, mosquitto):
+    exported = tmp_path / "csv"
+    cfg = load(write_config(tmp_path, mosquitto.url,
+                            f'[exporters.csv]\nenabled = true\ndirectory = "{exported}"\n'))
+    db = store.open_database(store.central_database_path(cfg.storage.path))
+    enrol(db, "p-0001", ("gw-1",))
+    registry = plugin_manager.get()[1]
+    with Central(cfg, registry.modules, client_id="central-export", registry=registry,
+                 export_every=0.2) as running:
+        running.start()
+        assert running.wait_connected(10)
+        home = gateway(tmp_path, mosquitto.url, "gw-1")
+        home.start()
+        home.submit([reading(i, "p-0001", "gw-1") for i in range(5)])
+        csv_file = exported / "p-0001" / "spo2.csv"
+        assert wait_until(lambda: csv_file.exists()
+                          and len(csv_file.read_text().splitlines()) == 6)
+        home.close()
+    (position,), = db.execute("SELECT position FROM export_cursors WHERE exporter = 'csv' "
+                              "AND feed = 'observations'")
+    assert position == db.execute("SELECT MAX(rowid) FROM observations").fetchone()[0]
     db.close()
 
 
