@@ -261,6 +261,35 @@ def test_the_central_runs_the_enabled_exporters(tmp_path, mosquitto):
     db.close()
 
 
+def test_two_centrals_share_the_gateways_on_the_embedded_broker(tmp_path):
+    """The demo's path: the pip-installed broker, a shared subscription split between two
+    ingest processes, acknowledgements only after commit."""
+    from telemon.broker import EmbeddedBroker
+
+    with EmbeddedBroker(data=tmp_path / "broker") as broker:
+        cfg = load(write_config(tmp_path, broker.url))
+        db = store.open_database(store.central_database_path(cfg.storage.path))
+        for g in range(4):
+            enrol(db, f"p-{g}", (f"gw-{g}",))
+        modules = plugin_manager.get()[1].modules
+        centrals = [Central(cfg, modules, client_id=f"central-{n}") for n in range(2)]
+        for running in centrals:
+            running.start()
+            assert running.wait_connected(10)
+        homes = [gateway(tmp_path, broker.url, f"gw-{g}") for g in range(4)]
+        for g, home in enumerate(homes):
+            home.start()
+            home.submit([reading(i, f"p-{g}", f"gw-{g}") for i in range(100)])
+        assert wait_until(lambda: count(db, "observations") == 400)
+        for home in homes:
+            home.close()
+        shares = [running.counters.messages for running in centrals]
+        for running in centrals:
+            running.close()
+    assert all(shares) and sum(c.counters.stored for c in centrals) == 400, shares
+    db.close()
+
+
 def test_central_command_runs_until_sigterm(tmp_path, mosquitto):
     cfg_path = write_config(tmp_path, mosquitto.url)
     db = store.open_database(store.central_database_path(load(cfg_path).storage.path))
