@@ -207,9 +207,10 @@ def test_unknown_driver(tmp_path):
 
 
 def test_unknown_exporter(tmp_path):
-    key, message = one(tmp_path, central(tail="[exporters.fhir]\nenabled = true\n"))
-    assert key == "exporters.fhir"
-    assert message == "unknown exporter (installed exporters: csv)"
+    key, message = one(tmp_path, central(tail="[exporters.fihr]\nenabled = true\n"))
+    assert key == "exporters.fihr"
+    assert message == ('unknown exporter; did you mean "fhir"? (installed exporters: csv, '
+                       "fhir, phmr)")
 
 
 def test_missing_required_exporter_option(tmp_path):
@@ -436,14 +437,14 @@ def test_cli_check_ok(name):
 
 def test_cli_check_reports_problems_on_stderr(tmp_path):
     path = tmp_path / "bad.toml"
-    path.write_text(central(tail='[modules.copd]\nenabled = "yes"\n[exporters.fhir]\n'),
+    path.write_text(central(tail='[modules.copd]\nenabled = "yes"\n[exporters.xml]\n'),
                     encoding="utf-8")
     result = CliRunner().invoke(cli, ["config", "check", str(path)])
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         'modules.copd.enabled: must be true or false, got "yes"',
-        "exporters.fhir: unknown exporter (installed exporters: csv)",
+        "exporters.xml: unknown exporter (installed exporters: csv, fhir, phmr)",
         f"{path}: 2 problem(s)",
     ]
 
