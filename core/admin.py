@@ -815,6 +815,48 @@ def audit_query(patient_id: str | None, since: str | None, as_json: bool,
         for e in entries])
 
 
+# --- command line: quarantine ----------------------------------------------------------------
+
+
+@click.command(name="quarantine")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True,
+              help="The newest N entries.")
+@click.option("--id", "entry_id", type=int, default=None,
+              help="One entry, with its whole payload (hex and, when it is text, as text).")
+@json_option
+@config_option
+@reports_errors
+def quarantine_command(limit: int, entry_id: int | None, as_json: bool,
+                       config_path: str) -> None:
+    """What the central could not use, why, and the exact bytes (newest first)."""
+    with open_central(config_path) as central:
+        where, args = ("WHERE id = ?", [entry_id]) if entry_id is not None else ("", [])
+        rows = central.db.execute(
+            f"SELECT id, received, source, reason, payload FROM quarantine {where} "
+            "ORDER BY id DESC LIMIT ?", [*args, limit]).fetchall()
+        zone = central.config.timezone
+    if entry_id is not None and not rows:
+        raise CommandError(f"no quarantine entry {entry_id}", 1)
+    entries = [{"id": id_, "received": received, "source": source, "reason": reason,
+                "bytes": len(payload), "payload_hex": bytes(payload).hex()}
+               for id_, received, source, reason, payload in rows]
+    if as_json:
+        echo_json(entries)
+    elif entry_id is not None:
+        (entry,) = entries
+        for key in ("id", "received", "source", "reason", "bytes"):
+            click.echo(f"{key:<9} {entry[key]}")
+        payload = bytes(rows[0][4])
+        try:
+            click.echo(f"text      {payload.decode('utf-8')}")
+        except UnicodeDecodeError:
+            click.echo(f"hex       {payload.hex()}")
+    else:
+        echo_table(("ID", "RECEIVED", "SOURCE", "BYTES", "REASON"), [
+            (str(e["id"]), local(datetime.fromisoformat(e["received"]), zone), e["source"],
+             str(e["bytes"]), e["reason"]) for e in entries])
+
+
 COMMANDS = (patient_group, limits_group, modules_group, gateway_group, consent_group,
-            audit_query)
+            audit_query, quarantine_command)
 """The groups to add to the `telemon` command line."""

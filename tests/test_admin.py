@@ -433,3 +433,25 @@ def test_cli_needs_a_central_config_and_an_actor(run, tmp_path, monkeypatch):
     assert result.exit_code == 2 and 'role is "edge", not "central"' in result.output
     result = run("patient", "list", "--by", " ")
     assert result.exit_code == 2 and "--by NAME or set TELEMON_USER" in result.output
+
+
+def test_quarantine_lists_what_was_refused_and_shows_the_exact_bytes(run, central):
+    from telemon import config as config_module
+    from telemon import plugin_manager
+
+    cfg = config_module.load(central, plugin_manager.get()[1])
+    db = store.open_database(store.central_database_path(cfg.storage.path))
+    store.quarantine(db, source="mqtt:telemon/v1/o/gw-1/obs", reason="invalid wire form: x",
+                     payload=b'{"type":')
+    binary = store.quarantine(db, source="mqtt:telemon/v1/o/gw-1/obs", reason="not UTF-8",
+                              payload=b"\xff\x00")
+    db.close()
+    table = run("quarantine").output.splitlines()
+    assert table[0].split() == ["ID", "RECEIVED", "SOURCE", "BYTES", "REASON"]
+    assert [line.split()[0] for line in table[1:]] == [str(binary), str(binary - 1)]
+    entries = json.loads(run("quarantine", "--json", "--limit", "1").output)
+    assert [(e["id"], e["payload_hex"], e["bytes"]) for e in entries] == [(binary, "ff00", 2)]
+    assert "text      {\"type\":" in run("quarantine", "--id", str(binary - 1)).output
+    assert "hex       ff00" in run("quarantine", "--id", str(binary)).output
+    missing = run("quarantine", "--id", "999")
+    assert missing.exit_code == 1 and "no quarantine entry 999" in missing.output
