@@ -215,7 +215,7 @@ def test_danish_codes_are_from_the_observation_code_value_set(record):
     observation_codes = value_set("ValueSet-ehealth-observation-codes.json")
     resource = resources("Observation", [record])[record.id]
     danish = {c for c in codings(resource["code"]) if c[0].startswith("urn:oid:1.2.208.")}
-    assert danish == {KNOWN[record.id.split("-")[0]].danish}
+    assert danish == {KNOWN[record.id.split("-")[0]].ehealth_code}
     assert danish <= observation_codes
     assert ("http://loinc.org", KNOWN[record.id.split("-")[0]].loinc) in codings(resource["code"])
     assert (record.code.system, record.code.code) in codings(resource["code"])
@@ -289,8 +289,8 @@ def test_blood_pressure_is_components_with_their_own_values_and_ranges():
     assert resource["interpretation"][0]["coding"][0]["code"] == "A"  # the worst part
     assert resource["note"] == [{"text": "device status: irregular-pulse"}]
     systolic_ranges = [r for r in resource["referenceRange"]
-                       if (f"urn:oid:{KNOWN['bp_sys'].danish[0][8:]}",
-                           KNOWN["bp_sys"].danish[1]) in codings(r["type"])]
+                       if (f"urn:oid:{KNOWN['bp_sys'].ehealth_code[0][8:]}",
+                           KNOWN["bp_sys"].ehealth_code[1]) in codings(r["type"])]
     assert [(r["type"]["coding"][0]["code"], r.get("low", {}).get("value"),
              r.get("high", {}).get("value")) for r in systolic_ranges] == [
         ("RAL", None, 90), ("GAL", 90, 100), ("GAL", 140, 160), ("RAL", 160, None)]
