@@ -62,6 +62,9 @@ BAND_LIMIT = {-2: "red_low", -1: "yellow_low", 1: "yellow_high", 2: "red_high"}
 SEVERITY = {Triage.RED: "red", Triage.YELLOW: "yellow", Triage.MISSING: "missing"}
 RANK = {"missing": Triage.MISSING, "yellow": Triage.YELLOW, "red": Triage.RED}
 LABEL = {t: t.label for t in Triage}
+MAX_SERIES = 5000
+"""Most readings a trend rule is given (the newest): bounds the work per new reading for a
+device that streams (a 1 Hz oximeter fills a 7-day window with 600,000)."""
 
 
 def limits_rule(key: str) -> str:
@@ -408,25 +411,30 @@ def triage(db: sqlite_utils.Database, patients: Iterable[str] | None = None) -> 
 # --- series for trend rules --------------------------------------------------------------------
 
 def load_series(db: sqlite_utils.Database, patient: str, key: str, *, since: datetime,
-                limits: LimitSet) -> Series:
-    """A patient's readings of one code since `since`, oldest first (components such as the
-    systolic of a blood pressure are read from their panel)."""
+                limits: LimitSet, most: int = MAX_SERIES) -> Series:
+    """A patient's readings of one code since `since`, oldest first, at most the newest
+    `most` (components such as the systolic of a blood pressure are read from their panel)."""
     code = _stored_code(key)
-    rows = db.execute(
-        "SELECT id, effective, value, components FROM observations WHERE patient = ? "
-        "AND code_system = ? AND code = ? AND effective >= ? ORDER BY effective, id",
-        [patient, code.system, code.code, store.utc_text(since)]).fetchall()
-    times, values, ids = [], [], []
     component = KNOWN[key].code if code != KNOWN[key].code else None
-    for id_, effective, value, components in rows:
-        if component is not None:
-            value = next((c["value"] for c in msgspec.json.decode(components)
-                          if c["code"]["code"] == component.code), None)
-        times.append(datetime.fromisoformat(effective).timestamp())
-        values.append(float("nan") if value is None else float(value))
-        ids.append(id_)
-    return Series(patient=patient, code=key, times=np.array(times, dtype=np.float64),
-                  values=np.array(values, dtype=np.float64), ids=tuple(ids), limits=limits)
+    # seconds since the epoch computed by SQLite (julianday: ~50 us resolution, plenty for
+    # trends); the value as REAL unless it must be taken out of the components
+    rows = db.execute(
+        "SELECT id, (julianday(effective) - 2440587.5) * 86400.0, "
+        f"{'components' if component else 'CAST(value AS REAL)'} FROM observations "
+        "WHERE patient = ? AND code_system = ? AND code = ? AND effective >= ? "
+        "ORDER BY effective DESC, id DESC LIMIT ?",
+        [patient, code.system, code.code, store.utc_text(since), most]).fetchall()
+    rows.reverse()
+    if component is not None:
+        rows = [(id_, t, next((float(c["value"]) for c in msgspec.json.decode(parts)
+                               if c["code"]["code"] == component.code
+                               and c["value"] is not None), None))
+                for id_, t, parts in rows]
+    return Series(patient=patient, code=key,
+                  times=np.array([r[1] for r in rows], dtype=np.float64),
+                  values=np.array([np.nan if r[2] is None else r[2] for r in rows],
+                                  dtype=np.float64),
+                  ids=tuple(r[0] for r in rows), limits=limits)
 
 
 COMPONENT_OF = {"bp_sys": "bp", "bp_dia": "bp", "bp_mean": "bp"}

@@ -79,6 +79,8 @@ class Counters:
     alarms_published: int = 0
     groups: int = 0
     not_compared: int = 0
+    first_group_at: float | None = None  # time.perf_counter() when the first group began
+    last_group_at: float | None = None  # ... and when the last one was acknowledged
 
 
 @dataclass(frozen=True)
@@ -321,6 +323,8 @@ class Central:
 
     def _handle(self, messages: list[Message]) -> None:
         """Store one group of messages in one transaction, then acknowledge them all."""
+        if self.counters.first_group_at is None:
+            self.counters.first_group_at = time.perf_counter()
         now = datetime.now(UTC)
         with store.transaction(self.db):
             self.engine.directory.refresh()
@@ -343,6 +347,7 @@ class Central:
                 self._client.ack(message.mid, message.qos)
         self.counters.messages += len(messages)
         self.counters.groups += 1
+        self.counters.last_group_at = time.perf_counter()
         self.counters.alarms_raised += outcome.raised
         self.counters.not_compared += outcome.not_compared
 
