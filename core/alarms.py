@@ -30,13 +30,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import msgspec
 import numpy as np
 import sqlite_utils
 
-from telemon import dsp, store
+from telemon import dsp, store, wire
 from telemon.codes import BY_CODE, KNOWN, MeasureCode, lookup
 from telemon.config import CentralConfig
 from telemon.models import (
@@ -46,10 +47,12 @@ from telemon.models import (
     Evaluation,
     LimitSet,
     Observation,
+    QuestionnaireResponse,
     Triage,
     new_id,
+    reading_id,
 )
-from telemon.modules import DiseaseModule, Finding, Series
+from telemon.modules import DiseaseModule, Finding, Questionnaire, Series
 
 logger = logging.getLogger(__name__)
 
@@ -185,9 +188,10 @@ class AlarmEngine:
 
     # --- observations -----------------------------------------------------------------------
 
-    def evaluate(self, observations: Sequence[Observation], now: datetime) -> Outcome:
+    def evaluate(self, observations: Sequence[Observation], now: datetime,
+                 outcome: Outcome | None = None) -> Outcome:
         """Check new observations (already stored) and raise what they show."""
-        outcome = Outcome()
+        outcome = outcome or Outcome()
         checks: list[tuple[Observation, str, str, MeasureCode, float, LimitSet, str]] = []
         touched: set[tuple[str, str, str]] = set()  # (patient, module, key)
         for obs in observations:
@@ -238,7 +242,7 @@ class AlarmEngine:
                 found = self.limits_in_force(patient, module_name, key, now)
                 limits = found[0] if found else LimitSet()
                 series = load_series(self.db, patient, key, since=now - rule.window,
-                                     limits=limits)
+                                     limits=limits, records=rule.records)
                 try:
                     findings = rule.evaluate(series)
                 except Exception:  # a module's bug must not stop ingest: say which rule
@@ -286,6 +290,48 @@ class AlarmEngine:
                 add_event(self.db, current, "resolved", ACTOR, "measurement received", now,
                           state="resolved")
                 outcome.resolved += 1
+
+    # --- questionnaires ----------------------------------------------------------------------
+
+    def questionnaires(self, patient: str, questionnaire: str) -> list[tuple[str, Questionnaire]]:
+        """The (module, questionnaire) pairs of the patient's modules that use this one."""
+        enrolled = self.directory.patients.get(patient)
+        return [(name, q) for name in (enrolled.modules if enrolled else ())
+                if name in self.modules for q in self.modules[name].questionnaires
+                if q.id == questionnaire]
+
+    def response_problem(self, response: QuestionnaireResponse) -> str | None:
+        """Why a questionnaire response cannot be used, or None (a questionnaire no module
+        of the patient uses is kept, not evaluated)."""
+        answers = {a.item: a.value for a in response.answers}
+        if len(answers) != len(response.answers):
+            return f"questionnaire response {response.id}: an item is answered twice"
+        for _, questionnaire in self.questionnaires(response.patient, response.questionnaire):
+            if problems := questionnaire.problems(answers):
+                return (f"questionnaire response {response.id} ({response.questionnaire}): "
+                        + "; ".join(problems))
+        return None
+
+    def evaluate_responses(self, outcome: Outcome, responses: Sequence[QuestionnaireResponse],
+                           now: datetime) -> list[Observation]:
+        """Raise what the answers themselves say (answer significance), and return one
+        observation per score for the caller to store and evaluate like any reading."""
+        derived = []
+        for response in responses:
+            answers = {a.item: a.value for a in response.answers}
+            for module, questionnaire in self.questionnaires(response.patient,
+                                                             response.questionnaire):
+                flagged = questionnaire.significance(answers)
+                if flagged:
+                    worst = max(level for _, level in flagged)
+                    said = ", ".join(f"{item.id} = {answers[item.id]}" for item, _ in flagged)
+                    self._finding(outcome, response.patient, module,
+                                  f"answers.{questionnaire.id}", None,
+                                  Finding(worst, f"{questionnaire.title}: {said}",
+                                          (response.id,)), None, now)
+                for name, value in questionnaire.score(answers).items():
+                    derived.append(score_observation(response, questionnaire, name, value))
+        return list({obs.id: obs for obs in derived}.values())  # two modules, one score
 
     # --- the clock: escalation and missing measurements ---------------------------------------
 
@@ -350,6 +396,23 @@ class AlarmEngine:
         return True
 
 
+def score_observation(response: QuestionnaireResponse, questionnaire: Questionnaire,
+                      name: str, value: Decimal) -> Observation:
+    """A questionnaire score as an observation of its measure, derived deterministically
+    (the same response always gives the same id), with the response it came from."""
+    key = questionnaire.scores[name]
+    known = KNOWN[key]
+    return Observation(
+        id=reading_id(device=f"questionnaire:{questionnaire.id}", patient=response.patient,
+                      code=key, effective=response.authored, raw=response.id.encode()),
+        patient=response.patient, device=f"questionnaire.{questionnaire.id}",
+        gateway=response.gateway, code=known.code, unit=known.unit, value=value,
+        effective=response.authored,
+        context={"questionnaire": questionnaire.id, "version": questionnaire.version,
+                 "response": response.id, "score": name},
+        driver=f"questionnaire:{questionnaire.id}", driver_version=questionnaire.version)
+
+
 # --- the alarm lifecycle ---------------------------------------------------------------------
 
 class AlarmConflict(Exception):
@@ -411,30 +474,34 @@ def triage(db: sqlite_utils.Database, patients: Iterable[str] | None = None) -> 
 # --- series for trend rules --------------------------------------------------------------------
 
 def load_series(db: sqlite_utils.Database, patient: str, key: str, *, since: datetime,
-                limits: LimitSet, most: int = MAX_SERIES) -> Series:
+                limits: LimitSet, most: int = MAX_SERIES, records: bool = False) -> Series:
     """A patient's readings of one code since `since`, oldest first, at most the newest
-    `most` (components such as the systolic of a blood pressure are read from their panel)."""
+    `most` (components such as the systolic of a blood pressure are read from their panel);
+    with `records`, the whole observations too."""
     code = _stored_code(key)
     component = KNOWN[key].code if code != KNOWN[key].code else None
     # seconds since the epoch computed by SQLite (julianday: ~50 us resolution, plenty for
     # trends); the value as REAL unless it must be taken out of the components
     rows = db.execute(
         "SELECT id, (julianday(effective) - 2440587.5) * 86400.0, "
-        f"{'components' if component else 'CAST(value AS REAL)'} FROM observations "
+        f"{'components' if component else 'CAST(value AS REAL)'}"
+        f"{', wire' if records else ''} FROM observations "
         "WHERE patient = ? AND code_system = ? AND code = ? AND effective >= ? "
         "ORDER BY effective DESC, id DESC LIMIT ?",
         [patient, code.system, code.code, store.utc_text(since), most]).fetchall()
     rows.reverse()
+    values = [row[2] for row in rows]
     if component is not None:
-        rows = [(id_, t, next((float(c["value"]) for c in msgspec.json.decode(parts)
-                               if c["code"]["code"] == component.code
-                               and c["value"] is not None), None))
-                for id_, t, parts in rows]
+        values = [next((float(c["value"]) for c in msgspec.json.decode(parts)
+                        if c["code"]["code"] == component.code and c["value"] is not None),
+                       None) for parts in values]
     return Series(patient=patient, code=key,
                   times=np.array([r[1] for r in rows], dtype=np.float64),
-                  values=np.array([np.nan if r[2] is None else r[2] for r in rows],
+                  values=np.array([np.nan if v is None else v for v in values],
                                   dtype=np.float64),
-                  ids=tuple(r[0] for r in rows), limits=limits)
+                  ids=tuple(r[0] for r in rows), limits=limits,
+                  observations=tuple(wire.decode(r[3].encode()) for r in rows) if records
+                  else ())
 
 
 COMPONENT_OF = {"bp_sys": "bp", "bp_dia": "bp", "bp_mean": "bp"}

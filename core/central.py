@@ -54,7 +54,7 @@ import click
 import paho.mqtt.client as paho
 
 from telemon import mqtt, plugin_manager, store, wire
-from telemon.alarms import AlarmEngine
+from telemon.alarms import AlarmEngine, Outcome
 from telemon.backoff import Backoff
 from telemon.config import CentralConfig, load_or_exit
 from telemon.export import run_exports
@@ -329,10 +329,13 @@ class Central:
         with store.transaction(self.db):
             self.engine.directory.refresh()
             new: list[Observation] = []
+            responses: list[QuestionnaireResponse] = []
             for message in messages:
                 try:
                     with store.savepoint(self.db):  # one message fails alone
-                        new += self._ingest(message, now)
+                        observations, answered = self._ingest(message, now)
+                        new += observations
+                        responses += answered
                 except sqlite3.OperationalError:
                     raise
                 except Exception as exc:  # a bug must not lose the message or stop ingest
@@ -340,7 +343,10 @@ class Central:
                                      message.topic)
                     self._quarantine(message.topic, f"could not be processed: {exc!r}",
                                      message.payload)
-            outcome = self.engine.evaluate(new, now)
+            outcome = Outcome()
+            scores = self.engine.evaluate_responses(outcome, responses, now)
+            new += store.store_observations(self.db, scores, received=now)
+            self.engine.evaluate(new, now, outcome)
         assert self._client is not None
         for message in messages:
             if message.qos:
@@ -351,13 +357,14 @@ class Central:
         self.counters.alarms_raised += outcome.raised
         self.counters.not_compared += outcome.not_compared
 
-    def _ingest(self, message: Message, now: datetime) -> list[Observation]:
-        """Store what one message carries; return its new observations."""
+    def _ingest(self, message: Message, now: datetime,
+                ) -> tuple[list[Observation], list[QuestionnaireResponse]]:
+        """Store what one message carries; return its new observations and responses."""
         topic = mqtt.parse_topic(message.topic)
         if topic is None or topic.kind != "obs" or topic.org != self.organisation:
             self._quarantine(message.topic, "not a gateway reading topic of organisation "
                              f"{self.organisation}", message.payload)
-            return []
+            return [], []
         decoded = wire.decode_message(message.payload)
         for error in decoded.errors:
             self._quarantine(message.topic, f"invalid wire form: {error}",
@@ -372,13 +379,14 @@ class Central:
             else:
                 others.append(record)
         new = store.store_observations(self.db, observations, received=now)
-        stored = len(new)
+        answered = []
         for record in others:
             if store.store_questionnaire_response(self.db, record, received=now):
-                stored += 1
+                answered.append(record)
+        stored = len(new) + len(answered)
         self.counters.stored += stored
         self.counters.duplicates += len(observations) + len(others) - stored
-        return new
+        return new, answered
 
     def _refusal(self, record: Any, gateway: str | None) -> str | None:
         if not isinstance(record, (Observation, QuestionnaireResponse)):
@@ -387,7 +395,11 @@ class Central:
         if record.gateway != gateway:
             return (f"record {record.id} names gateway {record.gateway} but came on the topic "
                     f"of gateway {gateway}")
-        return self.engine.directory.refusal(record.patient, record.gateway)
+        if refusal := self.engine.directory.refusal(record.patient, record.gateway):
+            return refusal
+        if isinstance(record, QuestionnaireResponse):
+            return self.engine.response_problem(record)
+        return None
 
     def _quarantine(self, topic: str, reason: str, payload: bytes) -> None:
         store.quarantine(self.db, source=f"mqtt:{topic}", reason=reason, payload=payload)

@@ -21,6 +21,9 @@ MDC = "urn:iso:std:iso:11073:10101"
 LOINC = "http://loinc.org"
 NPU = "urn:oid:1.2.208.176.2.1"
 MCS = "urn:oid:1.2.208.184.100.8"
+TELEMON = "urn:telemon:measure"
+"""telemon's own code system, for measures with neither an MDC nor a LOINC code (the code is
+the measure's key); exporters also send the Danish code where one exists."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,9 @@ class MeasureCode:
         """The canonical coding an Observation carries."""
         if self.mdc is not None:
             return Code(system=MDC, code=str(self.mdc), display=self.display)
-        return Code(system=LOINC, code=self.loinc or "", display=self.display)
+        if self.loinc is not None:
+            return Code(system=LOINC, code=self.loinc, display=self.display)
+        return Code(system=TELEMON, code=self.key, display=self.display)
 
 
 KNOWN: dict[str, MeasureCode] = {
@@ -121,6 +126,12 @@ KNOWN: dict[str, MeasureCode] = {
                     None, "mmol/L", None, (0.5, 50), verified=False),
         MeasureCode("glucose_und_plasma", "Plasma glucose (site undetermined)", 160368, None,
                     "mmol/L", None, (0.5, 50), verified=False),
+        # --- scores and measures of the disease modules: COPD and heart failure
+        # CAT total 0-40 (Jones et al. 2009); MCS88137 in the eHealth observation-codes value
+        # set; LOINC 89250-2 unverified (shared/CODES.md)
+        MeasureCode("cat_score", "COPD Assessment Test score", None, "89250-2", "{score}",
+                    (MCS, "MCS88137"), (0, 40), verified=False),
+        # --- scores and measures of the disease modules: low back pain and hearing
     )
 }
 

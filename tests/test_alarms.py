@@ -295,3 +295,78 @@ def test_patients_of_other_organisations_are_refused(engine):
     assert engine.directory.refusal("p-9999", "gw-1") == (
         "patient p-9999 is not enrolled in organisation kommune-0999")
 
+
+
+def questionnaire_module():
+    from telemon.modules import DiseaseModule, Item, Questionnaire, Schedule
+
+    daily = Questionnaire(
+        id="daily", version="1", title="Daily questions",
+        items=(Item("breathless", "boolean", significance={True: Triage.YELLOW}),
+               Item("sputum", "choice", options=("clear", "white", "yellow", "green"),
+                    significance={"green": Triage.RED, "yellow": Triage.YELLOW}),
+               Item("symptoms", "integer", low=0, high=40)),
+        score=lambda answers: {"total": Decimal(answers["symptoms"])},
+        scores={"total": "cat_score"}, source="test")
+    return DiseaseModule(name="qtest", version="1", title="test", codes=("cat_score",),
+                         default_limits={"cat_score": LimitSet(yellow_high=Decimal(20))},
+                         schedule=Schedule(codes=()), summarise=str, sources=("test",),
+                         questionnaires=(daily,))
+
+
+@pytest.fixture
+def q_engine(tmp_path):
+    db = store.open_database(tmp_path / "central.db")
+    enrol(db, modules=("qtest",))
+    module = questionnaire_module()
+    registry = plugin_manager.Registry(modules={"qtest": module})
+    cfg = central_config(tmp_path, registry, modules={"qtest": {"enabled": True}})
+    engine = alarms.AlarmEngine(db, cfg, {"qtest": module})
+    engine.directory.refresh()
+    yield engine
+    db.close()
+
+
+def response(answers, id_="qr-1"):
+    from telemon.models import Answer, QuestionnaireResponse
+    return QuestionnaireResponse(id=id_, patient="p-0001", gateway="gw-1",
+                                 questionnaire="daily", version="1", authored=T0,
+                                 answers=tuple(Answer(k, v) for k, v in answers.items()))
+
+
+def test_answers_raise_by_their_significance_and_scores_become_observations(q_engine):
+    answered = response({"breathless": True, "sputum": "green", "symptoms": 24})
+    assert q_engine.response_problem(answered) is None
+    outcome = alarms.Outcome()
+    with store.transaction(q_engine.db):
+        store.store_record(q_engine.db, answered)
+        scores = q_engine.evaluate_responses(outcome, [answered], T0)
+        new = store.store_observations(q_engine.db, scores, received=T0)
+        q_engine.evaluate(new, T0, outcome)
+    found = {a.rule: a for a in unresolved(q_engine.db)}
+    assert found["answers.daily"].severity == "red"  # the worst flagged answer
+    assert found["answers.daily"].message == "Daily questions: breathless = True, sputum = green"
+    assert found["answers.daily"].observations == ("qr-1",)
+    (score,) = new
+    assert (score.code, score.value, score.unit) == (KNOWN["cat_score"].code, Decimal(24),
+                                                     "{score}")
+    assert score.context == {"questionnaire": "daily", "version": "1", "response": "qr-1",
+                             "score": "total"}
+    assert found["limits.cat_score"].severity == "yellow"  # 24 > the module's 20
+    # the same response again derives the same score id: stored once
+    assert q_engine.evaluate_responses(alarms.Outcome(), [answered], T0)[0].id == score.id
+
+
+@pytest.mark.parametrize("answers, problem", [
+    ({"breathless": "yes", "sputum": "clear", "symptoms": 3},
+     "breathless: expected true or false"),
+    ({"breathless": False, "sputum": "brown", "symptoms": 3},
+     "sputum: 'brown' is not one of clear, white, yellow, green"),
+    ({"breathless": False, "sputum": "clear", "symptoms": 41}, "symptoms: 41 is outside 0..40"),
+    ({"breathless": False, "sputum": "clear"}, "symptoms: not answered"),
+    ({"breathless": False, "sputum": "clear", "symptoms": 1, "mood": 2},
+     "mood: not an item of daily"),
+])
+def test_invalid_answers_are_refused_with_the_item_and_the_reason(q_engine, answers, problem):
+    found = q_engine.response_problem(response(answers))
+    assert found == f"questionnaire response qr-1 (daily): {problem}"
