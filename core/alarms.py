@@ -186,6 +186,16 @@ class AlarmEngine:
         default = self.modules[module].default_limits.get(key)
         return None if default is None else (default, "module")
 
+    def evaluate_new(self, observations: Sequence[Observation],
+                     responses: Sequence[QuestionnaireResponse], now: datetime) -> Outcome:
+        """Evaluate newly stored readings and questionnaire responses: the answers, then the
+        scores they give (stored here as observations), then every reading. Call it inside
+        the transaction that stored them."""
+        outcome = Outcome()
+        scores = self.evaluate_responses(outcome, responses, now)
+        new = [*observations, *store.store_observations(self.db, scores, received=now)]
+        return self.evaluate(new, now, outcome)
+
     # --- observations -----------------------------------------------------------------------
 
     def evaluate(self, observations: Sequence[Observation], now: datetime,

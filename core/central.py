@@ -54,7 +54,7 @@ import click
 import paho.mqtt.client as paho
 
 from telemon import mqtt, plugin_manager, store, wire
-from telemon.alarms import AlarmEngine, Outcome
+from telemon.alarms import AlarmEngine
 from telemon.backoff import Backoff
 from telemon.config import CentralConfig, load_or_exit
 from telemon.export import run_exports
@@ -343,10 +343,7 @@ class Central:
                                      message.topic)
                     self._quarantine(message.topic, f"could not be processed: {exc!r}",
                                      message.payload)
-            outcome = Outcome()
-            scores = self.engine.evaluate_responses(outcome, responses, now)
-            new += store.store_observations(self.db, scores, received=now)
-            self.engine.evaluate(new, now, outcome)
+            outcome = self.engine.evaluate_new(new, responses, now)
         assert self._client is not None
         for message in messages:
             if message.qos:
