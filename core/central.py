@@ -42,7 +42,6 @@ import os
 import signal
 import socket
 import sqlite3
-import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -223,28 +222,23 @@ class Central:
         return self._client is not None and self._client.socket() is not None
 
     def _connect(self) -> bool:
-        broker = self.config.broker
-        try:
-            if self._client is None:
-                self._client = mqtt.make_client(broker, self.client_id, protocol=self.protocol,
-                                                manual_ack=True)
-                self._client.max_inflight_messages_set(0)
-                self._client.on_connect = self._on_connect
-                self._client.on_disconnect = self._on_disconnect
-                self._client.on_message = self._on_message
-                self._client.on_subscribe = self._on_subscribe
-                self._client.on_publish = self._on_publish
-                self._client.connect(**mqtt.connect_arguments(broker, self.protocol))
-            else:
-                self._client.reconnect()
-            return True
-        except ssl.SSLError as exc:
-            logger.error("TLS with broker %s:%d failed: %s", broker.host, broker.port, exc)
-        except OSError as exc:
-            logger.info("broker %s:%d unreachable: %s", broker.host, broker.port, exc)
-        except LookupError as exc:
-            logger.error("broker password: %s", exc)
-        return False
+        """Open the connection (its CONNACK comes through the loop); False if that failed."""
+        first = self._client is None
+        if first:
+            try:
+                self._client = mqtt.make_client(self.config.broker, self.client_id,
+                                                protocol=self.protocol, manual_ack=True)
+            except (LookupError, OSError) as exc:  # the password's variable or file went away
+                logger.error("broker password: %s", exc)
+                return False
+            self._client.max_inflight_messages_set(0)
+            self._client.on_connect = self._on_connect
+            self._client.on_disconnect = self._on_disconnect
+            self._client.on_message = self._on_message
+            self._client.on_subscribe = self._on_subscribe
+            self._client.on_publish = self._on_publish
+        return mqtt.open_connection(self._client, self.config.broker, self.protocol,
+                                    first=first)
 
     def _on_connect(self, client: paho.Client, _userdata: Any, flags: Any, reason: Any,
                     _properties: Any) -> None:

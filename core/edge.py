@@ -62,7 +62,6 @@ import os
 import queue
 import signal
 import sqlite3
-import ssl
 import sys
 import threading
 import time
@@ -279,30 +278,20 @@ class Gateway:
 
     def _connect(self) -> bool:
         """Open the connection (its CONNACK comes through the loop); False if that failed."""
-        try:
-            if self._client is None:
-                will = (self.status_topic, mqtt.status_payload("offline", self.gateway))
+        first = self._client is None
+        if first:
+            will = (self.status_topic, mqtt.status_payload("offline", self.gateway))
+            try:
                 self._client = mqtt.make_client(self.broker, self.client_id,
                                                 protocol=self.protocol, will=will)
-                self._client.max_inflight_messages_set(0)  # bounded here, by self._window
-                self._client.on_connect = self._on_connect
-                self._client.on_disconnect = self._on_disconnect
-                self._client.on_publish = self._on_publish
-                self._client.connect(**mqtt.connect_arguments(self.broker, self.protocol))
-            else:
-                self._client.reconnect()  # paho resends unacknowledged messages on CONNACK
-            return True
-        except ssl.SSLError as exc:  # a configuration problem, not an outage: say so
-            logger.error("TLS with broker %s:%d failed (the broker's certificate must be "
-                         "signed by a CA the system trusts): %s", self.broker.host,
-                         self.broker.port, exc)
-            return False
-        except OSError as exc:
-            logger.info("broker %s:%d unreachable: %s", self.broker.host, self.broker.port, exc)
-            return False
-        except LookupError as exc:  # the password's environment variable went away
-            logger.error("broker password: %s", exc)
-            return False
+            except (LookupError, OSError) as exc:  # the password's variable or file went away
+                logger.error("broker password: %s", exc)
+                return False
+            self._client.max_inflight_messages_set(0)  # bounded here, by self._window
+            self._client.on_connect = self._on_connect
+            self._client.on_disconnect = self._on_disconnect
+            self._client.on_publish = self._on_publish
+        return mqtt.open_connection(self._client, self.broker, self.protocol, first=first)
 
     def _on_connect(self, client: paho.Client, _userdata: Any, flags: Any,
                     reason: Any, properties: Any) -> None:

@@ -20,7 +20,9 @@ the config's username and password reference (`SecretRef.resolve()`).
 from __future__ import annotations
 
 import json
+import logging
 import re
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +35,8 @@ from paho.mqtt.properties import Properties
 
 from telemon import wire
 from telemon.config import BrokerConfig
+
+logger = logging.getLogger(__name__)
 
 ROOT = f"telemon/v{wire.VERSION}"
 SESSION_EXPIRY = 7 * 24 * 3600
@@ -153,6 +157,25 @@ def connect_arguments(broker: BrokerConfig, protocol: MQTTProtocolVersion = MQTT
         properties.SessionExpiryInterval = session_expiry
         arguments |= {"clean_start": False, "properties": properties}
     return arguments
+
+
+def open_connection(client: paho.Client, broker: BrokerConfig, protocol: MQTTProtocolVersion,
+                    *, first: bool) -> bool:
+    """Connect `client` (the first time) or reconnect it (paho then resends what is still
+    unacknowledged); the CONNACK comes through the loop. False, with the reason logged, when
+    the broker cannot be reached or TLS fails."""
+    try:
+        if first:
+            client.connect(**connect_arguments(broker, protocol))
+        else:
+            client.reconnect()
+        return True
+    except ssl.SSLError as exc:  # a configuration problem, not an outage: say so
+        logger.error("TLS with broker %s:%d failed (the broker's certificate must be signed "
+                     "by a CA the system trusts): %s", broker.host, broker.port, exc)
+    except OSError as exc:
+        logger.info("broker %s:%d unreachable: %s", broker.host, broker.port, exc)
+    return False
 
 
 def protocol_refused(reason_code: Any) -> bool:
