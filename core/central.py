@@ -176,6 +176,8 @@ class Central:
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
+                if time.monotonic() >= self._tick_due:  # with or without the broker
+                    self._tick()
                 if not self._socket_open() and not self._connect():
                     self._stop.wait(self.backoff.next())
                     continue
@@ -185,8 +187,6 @@ class Central:
                     self._pending = []
                 if self._connected.is_set():
                     self._publish_alarms()
-                    if time.monotonic() >= self._tick_due:
-                        self._tick()
                 if rc != paho.MQTT_ERR_SUCCESS:
                     self._connected.clear()
                     self._stop.wait(self.backoff.next())
@@ -433,11 +433,13 @@ class Central:
         if len(self._alarm_mids) >= 16:
             return
         now = datetime.now(UTC)
+        waiting = ("SELECT event, alarm_id FROM alarm_outbox WHERE claimed_by IS NULL "
+                   "OR claimed_at < ? ORDER BY event LIMIT 100")
+        expired = [store.utc_text(now - CLAIM_TIMEOUT)]
+        if self.db.execute(waiting, expired).fetchone() is None:
+            return  # the usual case: no write lock taken
         with store.transaction(self.db):
-            rows = self.db.execute(
-                "SELECT event, alarm_id FROM alarm_outbox WHERE claimed_by IS NULL "
-                "OR claimed_at < ? ORDER BY event LIMIT 100",
-                [store.utc_text(now - CLAIM_TIMEOUT)]).fetchall()
+            rows = self.db.execute(waiting, expired).fetchall()  # again, under the lock
             if not rows:
                 return
             self.db.conn.executemany(

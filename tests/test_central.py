@@ -290,6 +290,24 @@ def test_two_centrals_share_the_gateways_on_the_embedded_broker(tmp_path):
     db.close()
 
 
+def test_the_clock_runs_while_the_broker_is_down(tmp_path):
+    """Missing measurements are raised (for the dashboard, which reads the database) even
+    when the central cannot reach the broker; their events wait in the alarm outbox."""
+    from mosquitto import free_port
+
+    cfg = load(write_config(tmp_path, f"mqtt://127.0.0.1:{free_port()}"))
+    db = store.open_database(store.central_database_path(cfg.storage.path))
+    enrol(db, "p-0001", ("gw-1",))
+    with Central(cfg, plugin_manager.get()[1].modules, client_id="central-offline",
+                 backoff=Backoff(0.05, 0.2, random.Random(3))) as running:
+        running.start()
+        assert wait_until(lambda: count(db, "alarms") == 1, 10)
+        assert not running.wait_connected(0.1)
+    assert db.execute("SELECT rule, severity FROM alarms").fetchall() == [("missing", "missing")]
+    assert count(db, "alarm_outbox") == 1  # published once a broker is there
+    db.close()
+
+
 def test_central_command_runs_until_sigterm(tmp_path, mosquitto):
     cfg_path = write_config(tmp_path, mosquitto.url)
     db = store.open_database(store.central_database_path(load(cfg_path).storage.path))
