@@ -131,7 +131,51 @@ KNOWN: dict[str, MeasureCode] = {
         # set; LOINC 89250-2 unverified (shared/CODES.md)
         MeasureCode("cat_score", "COPD Assessment Test score", None, "89250-2", "{score}",
                     (MCS, "MCS88137"), (0, 40), verified=False),
+        # mMRC dyspnoea grade 0-4 (GOLD; Bestall et al. 1999 for the MRC scale). No MDC or
+        # LOINC code checked: telemon's own. The eHealth value set's MCS88021 "MRC
+        # skala;Pt(KOL)" does not say whether it is the MRC (1-5) or the mMRC (0-4): not used.
+        MeasureCode("mmrc_grade", "mMRC dyspnoea grade", None, None, "{grade}", None, (0, 4)),
         # --- scores and measures of the disease modules: low back pain and hearing
+        # Pain intensity, 0-10 numeric rating scale, from the lbp_daily questionnaire. LOINC
+        # 72514-3 "Pain severity - 0-10 verbal numeric rating [Score] - Reported": from the
+        # LOINC table, not in shared/CODES.md, so unverified here.
+        MeasureCode("pain_nrs", "Pain (NRS 0-10)", None, "72514-3", "{score}", None, (0, 10),
+                    verified=False),
+        # Roland-Morris Disability Questionnaire, 0-24 (Roland & Morris, Spine 1983): no
+        # code checked, telemon's own system.
+        MeasureCode("rmdq_score", "Roland-Morris disability score", None, None, "{score}",
+                    None, (0, 24)),
+        # STarT Back Screening Tool (Hill et al. 2008): total 0-9, psychosocial subscale
+        # (items 5-9) 0-5, risk group 0 low / 1 medium / 2 high. No codes checked.
+        MeasureCode("startback_total", "STarT Back total score", None, None, "{score}", None,
+                    (0, 9)),
+        MeasureCode("startback_psychosocial", "STarT Back psychosocial subscore", None, None,
+                    "{score}", None, (0, 5)),
+        MeasureCode("startback_risk", "STarT Back risk group (0 low, 1 medium, 2 high)", None,
+                    None, "{score}", None, (0, 2)),
+        # Steps per day: MCS88192 "Skridt per dag;Pt" in the eHealth observation-codes value
+        # set, whose obs-code-to-ucum concept map gives the unit "/d" (both in
+        # shared/data/fhir-dk-ehealth); LOINC 55423-8 unverified (shared/CODES.md).
+        MeasureCode("steps", "Steps per day", None, "55423-8", "/d", (MCS, "MCS88192"),
+                    (0, 100_000), verified=False),
+        # The fraction of the day's prescribed exercise the citizen did (back-pain exercise
+        # programme); telemon's own measure.
+        MeasureCode("exercise_adherence", "Exercise adherence", None, None, "%", None,
+                    (0, 100)),
+        # Hours per day a hearing aid was on, from the aid's data log (Demant 2021 facts in
+        # shared/CLINICAL.md); telemon's own measure.
+        MeasureCode("hearing_aid_use", "Hearing-aid use", None, None, "h", None, (0, 24)),
+        # Pure-tone audiogram, one observation per ear and test; its components are the
+        # thresholds per frequency (hl_*). UCUM has the decibel "dB" but no hearing-level
+        # unit ("dB[HL]" is not UCUM): the unit is dB and the code says it is hearing level.
+        # Audiometers test -10 to 120 dB HL. No codes checked: telemon's own system.
+        MeasureCode("audiogram_left", "Audiogram, left ear (dB HL)", None, None, "dB", None,
+                    (-10, 120)),
+        MeasureCode("audiogram_right", "Audiogram, right ear (dB HL)", None, None, "dB", None,
+                    (-10, 120)),
+        *(MeasureCode(f"hl_{hz}", f"Hearing threshold {hz} Hz (dB HL)", None, None, "dB",
+                      None, (-10, 120))
+          for hz in (250, 500, 1000, 2000, 3000, 4000, 6000, 8000)),
     )
 }
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 
+from telemon import plugin_manager
 from telemon.cli import cli
 from telemon.config import (
     CentralConfig,
@@ -172,7 +173,8 @@ def test_unknown_key_without_close_match_lists_allowed_keys(tmp_path):
 def test_unknown_module(tmp_path):
     key, message = one(tmp_path, central(tail="[modules.cpod]\nenabled = true\n"))
     assert key == "modules.cpod"
-    assert message == 'unknown module; did you mean "copd"? (installed modules: copd)'
+    installed = ", ".join(plugin_manager.get()[1].modules)
+    assert message == f'unknown module; did you mean "copd"? (installed modules: {installed})'
 
 
 def test_code_not_in_module(tmp_path):
@@ -209,8 +211,8 @@ def test_unknown_driver(tmp_path):
 def test_unknown_exporter(tmp_path):
     key, message = one(tmp_path, central(tail="[exporters.fihr]\nenabled = true\n"))
     assert key == "exporters.fihr"
-    assert message == ('unknown exporter; did you mean "fhir"? (installed exporters: csv, '
-                       "fhir, phmr)")
+    installed = ", ".join(plugin_manager.get()[1].exporters)
+    assert message == f'unknown exporter; did you mean "fhir"? (installed exporters: {installed})'
 
 
 def test_missing_required_exporter_option(tmp_path):
@@ -444,7 +446,8 @@ def test_cli_check_reports_problems_on_stderr(tmp_path):
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         'modules.copd.enabled: must be true or false, got "yes"',
-        "exporters.xml: unknown exporter (installed exporters: csv, fhir, phmr)",
+        "exporters.xml: unknown exporter (installed exporters: "
+        f"{', '.join(plugin_manager.get()[1].exporters)})",
         f"{path}: 2 problem(s)",
     ]
 
