@@ -523,8 +523,9 @@ def _stored_code(key: str):
 
 
 def _values(obs: Observation) -> list[tuple[str, float | None, str]]:
-    """(measure key, value, unit) of each part of an observation telemon knows the code of."""
-    parts = obs.components or (obs,)
+    """(measure key, value, unit) of each part of an observation telemon knows the code of:
+    a panel's own code too (no value), so rules watching it (audiograms) are evaluated."""
+    parts = (obs, *obs.components)
     found = []
     for part in parts:
         known = lookup(part.code)
