@@ -18,10 +18,11 @@ import difflib
 import functools
 import getpass
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -42,6 +43,7 @@ from telemon.models import (
     LimitVersion,
     new_id,
 )
+from telemon.modules import DiseaseModule, Item, Questionnaire
 
 CONSENT_PURPOSES: tuple[str, ...] = get_args(ConsentPurpose)
 JSON = msgspec.json.Encoder(decimal_format="number")  # as the wire: 2.0 stays 2.0
@@ -686,21 +688,129 @@ def limits_history(patient_id: str, code: str | None, as_json: bool, config_path
 
 
 @click.group(name="modules", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.pass_context
-def modules_group(ctx: click.Context) -> None:
-    """Enable or disable a disease module for a patient; alone, list the installed modules."""
+def modules_group(ctx: click.Context, as_json: bool) -> None:
+    """Enable or disable a disease module for a patient; alone, list the installed modules:
+    codes (unit, default limits), rules, schedule, questionnaires and sources."""
     if ctx.invoked_subcommand is not None:
         return
     _, registry = plugin_manager.get()
-    if not registry.modules:
+    modules = [module for _, module in sorted(registry.modules.items())]
+    if as_json:
+        echo_json({"modules": [describe_module(module) for module in modules]})
+        return
+    if not modules:
         click.echo("no disease modules are installed")
-    for name, module in sorted(registry.modules.items()):
-        click.echo(f"{name} {module.version}: {module.title}")
-        rows = [(f"  {code}", KNOWN[code].display, KNOWN[code].unit,
-                 describe_limits(module.default_limits[code])
-                 if code in module.default_limits else "no default limits")
-                for code in module.codes]
-        echo_table(("  CODE", "MEASURE", "UNIT", "DEFAULT LIMITS"), rows)
+    for number, module in enumerate(modules):
+        if number:
+            click.echo()
+        echo_module(module)
+
+
+def _span(span: timedelta) -> str:
+    """A duration in days when whole, else in hours: "7 d", "36 h"."""
+    if span % timedelta(days=1) == timedelta(0):
+        return f"{span.days} d"
+    return f"{span / timedelta(hours=1):g} h"
+
+
+def _answer(value: Any) -> str:
+    return ("yes" if value else "no") if isinstance(value, bool) else str(value)
+
+
+def _item_kind(item: Item, optional: bool) -> str:
+    """An item's answers and their significance: "yes/no (yes: red)", "0-5"."""
+    if item.kind == "boolean":
+        answers = "yes/no"
+    elif item.kind == "choice":
+        answers = "|".join(item.options)
+    else:
+        answers = f"{'' if item.low is None else item.low}-{'' if item.high is None else item.high}"
+    flagged = ", ".join(f"{_answer(answer)}: {level.label}"
+                        for answer, level in item.significance.items())
+    return answers + (f" ({flagged})" if flagged else "") + ("; optional" if optional else "")
+
+
+def _item_lines(questionnaire: Questionnaire) -> list[str]:
+    """One line per run of alike items: "rmdq_1..rmdq_24: yes/no", "a, b: yes/no"."""
+    runs: list[tuple[str, list[str]]] = []
+    for item in questionnaire.items:
+        kind = _item_kind(item, item.id in questionnaire.optional)
+        if runs and runs[-1][0] == kind:
+            runs[-1][1].append(item.id)
+        else:
+            runs.append((kind, [item.id]))
+    return [f"{ids[0]}..{ids[-1]}: {kind}" if _numbered(ids) else f"{', '.join(ids)}: {kind}"
+            for kind, ids in runs]
+
+
+def _numbered(ids: list[str]) -> bool:
+    """Whether the ids are three or more of one prefix, numbered on: rmdq_1, rmdq_2, ..."""
+    found = [re.fullmatch(r"(.*?)(\d+)", i) for i in ids]
+    if len(ids) < 3 or not all(found):
+        return False
+    prefix, first = found[0].group(1), int(found[0].group(2))
+    return all(m.group(1) == prefix and int(m.group(2)) == first + n
+               for n, m in enumerate(found))
+
+
+def echo_module(module: DiseaseModule) -> None:
+    """One module as `telemon modules` shows it."""
+    click.echo(f"{module.name} {module.version}: {module.title}")
+    rows = [(f"  {code}", KNOWN[code].display, KNOWN[code].unit,
+             describe_limits(module.default_limits[code])
+             if code in module.default_limits else "no default limits")
+            for code in module.codes]
+    echo_table(("  CODE", "MEASURE", "UNIT", "DEFAULT LIMITS"), rows)
+    click.echo("  rules (each on the watched code's readings of its window, at every new one):")
+    for rule in module.rules:
+        click.echo(f"    {rule.name} [{', '.join(rule.codes)}; {_span(rule.window)}]: "
+                   f"{rule.description}")
+    if not module.rules:
+        click.echo("    none: limits only")
+    schedule = module.schedule
+    click.echo("  schedule: " + (
+        f"{', '.join(schedule.codes)} every {_span(schedule.every)} by "
+        f"{schedule.deadline:%H:%M} local time" if schedule.codes
+        else "none (no missing-measurement alarms)"))
+    if module.questionnaires:
+        click.echo("  questionnaires:")
+    for q in module.questionnaires:
+        scores = ", ".join(f"{name} -> {key}" for name, key in q.scores.items()) or "none"
+        click.echo(f"    {q.id} v{q.version} ({q.title}), scores: {scores}")
+        for line in _item_lines(q):
+            click.echo(f"      {line}")
+        click.echo(f"      source: {q.source}")
+    click.echo("  sources:")
+    for source in module.sources:
+        click.echo(f"    {source}")
+
+
+def describe_module(module: DiseaseModule) -> dict[str, Any]:
+    """One module as `telemon modules --json` gives it."""
+    return {
+        "name": module.name, "version": module.version, "title": module.title,
+        "codes": [{"key": code, "display": KNOWN[code].display, "unit": KNOWN[code].unit,
+                   "code": KNOWN[code].code, "default_limits": module.default_limits.get(code)}
+                  for code in module.codes],
+        "rules": [{"name": rule.name, "description": rule.description,
+                   "codes": list(rule.codes), "window_seconds": rule.window.total_seconds(),
+                   "records": rule.records} for rule in module.rules],
+        "schedule": {"codes": list(module.schedule.codes),
+                     "every_seconds": module.schedule.every.total_seconds(),
+                     "deadline": module.schedule.deadline.strftime("%H:%M")},
+        "questionnaires": [{
+            "id": q.id, "version": q.version, "title": q.title, "source": q.source,
+            "items": [{"id": item.id, "kind": item.kind, "options": list(item.options),
+                       "low": item.low, "high": item.high,
+                       "optional": item.id in q.optional,
+                       "significance": [{"answer": answer, "severity": level.label}
+                                        for answer, level in item.significance.items()]}
+                      for item in q.items],
+            "scores": dict(q.scores)} for q in module.questionnaires],
+        "sources": list(module.sources),
+    }
 
 
 @modules_group.command(name="enable")

@@ -11,6 +11,7 @@ from telemon import __version__, admin, plugin_manager
 from telemon.broker import broker_command
 from telemon.central import central_command
 from telemon.edge import edge
+from telemon.evaluate import evaluate_group
 from telemon.export import export_group
 
 
@@ -319,6 +320,7 @@ cli.add_command(edge)
 cli.add_command(central_command)
 cli.add_command(broker_command)
 cli.add_command(export_group)
+cli.add_command(evaluate_group)
 for _group in admin.COMMANDS:
     cli.add_command(_group)
 

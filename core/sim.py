@@ -10,7 +10,11 @@ vendors test their own drivers against them.
 The model (`PatientModel`)
     One patient: a `Baseline` per measure, a circadian (24 h) rhythm, a slow drift over days,
     measurement noise, and injectable `Event`s (COPD exacerbation, heart-failure
-    decompensation, an AF episode) with start, duration and severity. `sample(code, at)` is
+    decompensation, an AF episode; a low-back-pain flare, sudden hearing loss in one ear,
+    hearing-aid non-use) with start, duration and severity. Besides vital signs it models
+    the daily measures of the back-pain and hearing modules (pain NRS, Roland-Morris score,
+    steps, exercise adherence, hearing-aid use, each ear's hearing level); telemon.cohorts
+    turns them into readings, questionnaire answers and audiograms. `sample(code, at)` is
     a reading as a device would take it at `at`; it depends only on (seed, code, at): the
     same seed gives the same patient whatever is asked in whatever order. `true_value` is
     the same without measurement noise. `beats` / `rr_intervals` give a beat-to-beat
@@ -462,7 +466,11 @@ CONTEC_KEEP_ALIVE = bytes.fromhex("7d81af808080808080")
 #   in the morning: assumptions (small amplitudes).
 
 CODES = ("spo2", "pulse", "heart_rate", "pulse_bp", "weight", "bp_sys", "bp_dia", "bp_mean",
-         "temperature", "glucose", "resp_rate", "fev1")
+         "temperature", "glucose", "resp_rate", "fev1",
+         # the back-pain and hearing modules' measures (appended: earlier indexes, and so
+         # every earlier reading, stay as they were)
+         "pain_nrs", "rmdq_score", "steps", "exercise_adherence", "hearing_aid_use",
+         "hearing_left", "hearing_right")
 ALIASES = {"heart_rate": "pulse", "pulse_bp": "pulse"}  # the same physiology, other devices
 _CODE_INDEX = {code: index for index, code in enumerate(CODES)}
 
@@ -482,25 +490,51 @@ class Baseline:
     glucose: float = 6.0  # mmol/L, fasting
     resp_rate: float = 16.0  # /min
     fev1: float | None = 1.5  # L; None: no spirometry
+    # Back pain and hearing. Assumptions unless cited: a citizen with persistent low back
+    # pain on an ordinary day (pain NRS 0-10, Roland-Morris 0-24), an older adult's steps,
+    # most of the prescribed exercises done; hearing-aid use ~10 h/day (Demant 2021,
+    # CLINICAL.md); a moderate loss in each ear (PTA4 35-<50 dB HL, WHO 2021, CLINICAL.md).
+    pain_nrs: float = 3.0
+    rmdq_score: float = 8.0
+    steps: float = 5000.0  # per day
+    exercise_adherence: float = 80.0  # % of the day's prescribed exercise done
+    hearing_aid_use: float = 10.0  # h/day
+    hearing_left: float = 40.0  # dB HL, pure-tone average of 0.5, 1, 2, 4 kHz
+    hearing_right: float = 40.0
 
 
 # Circadian rhythm: (amplitude, local hour of the trough) of a 24 h sinusoid.
 CIRCADIAN = {"spo2": (0.5, 4.0), "pulse": (5.0, 4.0), "weight": (0.3, 7.0),
              "bp_sys": (8.0, 3.0), "bp_dia": (6.0, 3.0), "temperature": (0.25, 6.0),
-             "resp_rate": (1.0, 4.0), "fev1": (0.05, 4.0), "glucose": (0.0, 0.0)}
+             "resp_rate": (1.0, 4.0), "fev1": (0.05, 4.0), "glucose": (0.0, 0.0),
+             # daily self-reports, counts and logs, and hearing: no rhythm within the day
+             "pain_nrs": (0.0, 0.0), "rmdq_score": (0.0, 0.0), "steps": (0.0, 0.0),
+             "exercise_adherence": (0.0, 0.0), "hearing_aid_use": (0.0, 0.0),
+             "hearing_left": (0.0, 0.0), "hearing_right": (0.0, 0.0)}
 # Measurement noise (SD of one reading; truncated at 3 SD) by code.
 NOISE = {"spo2": 0.8, "pulse": 4.0, "heart_rate": 2.0, "pulse_bp": 4.0, "weight": 0.25,
          "bp_sys": 6.0, "bp_dia": 4.0, "temperature": 0.12, "glucose": 0.4, "resp_rate": 1.5,
-         "fev1": 0.08}
+         "fev1": 0.08,
+         # Hearing-aid use: the within-user day-to-day SD of data-logged use, 3.9 h (Demant
+         # 2021, CLINICAL.md). Audiometric test-retest ~3 dB, the others' day-to-day spread:
+         # assumptions.
+         "pain_nrs": 1.0, "rmdq_score": 1.5, "steps": 1200.0, "exercise_adherence": 15.0,
+         "hearing_aid_use": 3.9, "hearing_left": 3.0, "hearing_right": 3.0}
 # Slow drift: the largest excursion of a sum of three slow sinusoids (periods 9, 23 and 53
 # days, phases from the seed): the patient's good and bad weeks.
 DRIFT = {"spo2": 0.6, "pulse": 3.0, "weight": 0.6, "bp_sys": 5.0, "bp_dia": 3.0,
-         "temperature": 0.05, "glucose": 0.3, "resp_rate": 1.0, "fev1": 0.06}
+         "temperature": 0.05, "glucose": 0.3, "resp_rate": 1.0, "fev1": 0.06,
+         # appended after the others, so their drift phases (drawn in this order) stay
+         "pain_nrs": 0.5, "rmdq_score": 1.0, "steps": 500.0, "exercise_adherence": 5.0,
+         "hearing_aid_use": 1.0, "hearing_left": 1.0, "hearing_right": 1.0}
 DRIFT_PERIODS_DAYS = (9.0, 23.0, 53.0)
 MEALS = (8.0, 12.5, 18.5)  # local hours; glucose peaks ~1 h later (assumption)
 LIMITS = {"spo2": (50.0, 100.0), "pulse": (25.0, 220.0), "weight": (10.0, 400.0),
           "bp_sys": (60.0, 260.0), "bp_dia": (30.0, 160.0), "temperature": (34.0, 42.0),
-          "glucose": (1.0, 40.0), "resp_rate": (4.0, 60.0), "fev1": (0.2, 6.0)}
+          "glucose": (1.0, 40.0), "resp_rate": (4.0, 60.0), "fev1": (0.2, 6.0),
+          "pain_nrs": (0.0, 10.0), "rmdq_score": (0.0, 24.0), "steps": (0.0, 40000.0),
+          "exercise_adherence": (0.0, 100.0), "hearing_aid_use": (0.0, 24.0),
+          "hearing_left": (-10.0, 120.0), "hearing_right": (-10.0, 120.0)}
 
 # Event effects at severity 1, at the height of the event (the envelope scales them):
 EFFECTS: dict[str, dict[str, float]] = {
@@ -526,14 +560,35 @@ EFFECTS: dict[str, dict[str, float]] = {
     # irregular: independent draws (a random series, turning-point ratio ~2/3, high CV(RR)
     # and nRMSSD: the AF features of Tateno & Glass 2001 and Dash 2009, CLINICAL.md).
     "af": {"pulse": 20.0},
+    # Low-back-pain flare: pain and disability up by more than the minimal important change
+    # (NRS 2 points, Roland-Morris 5 points; Ostelo 2008, CLINICAL.md), so a severity-1
+    # flare is a change that matters; steps (-40 % of the baseline) and exercise adherence
+    # (-40 points) fall with it (assumptions).
+    "back-pain-flare": {"pain_nrs": 3.0, "rmdq_score": 6.0, "steps": -0.4,
+                        "exercise_adherence": -40.0},
+    # Sudden sensorineural hearing loss in one ear: +40 dB over 2 days at severity 1, so
+    # from severity 0.75 on a loss of >= 30 dB within <= 3 days ("sudden", NICE NG98,
+    # CLINICAL.md); the same at every frequency (assumption).
+    "sudden-hearing-loss-left": {"hearing_left": 40.0},
+    "sudden-hearing-loss-right": {"hearing_right": 40.0},
+    # Hearing-aid non-use: daily use falls 7 h from its ~10 h/day (Demant 2021,
+    # CLINICAL.md: no standard cut-off, so a rule must compare with the user's own level).
+    "hearing-aid-non-use": {"hearing_aid_use": -7.0},
 }
-RELATIVE = {"fev1"}  # effects given as a fraction of the baseline
+RELATIVE = {"fev1", "steps"}  # effects given as a fraction of the baseline
 # Time course per kind: (onset, duration = onset + plateau, recovery), each in days.
 # COPD: peak 2-3 days after onset (Hurst 2010); median recovery 6 days for PEF and 7 for
 # symptoms (Seemungal et al. 2000, AJRCCM 161:1608; not in CLINICAL.md). HF: onset over 3
 # days, treated after a week, diuresis over 4 days (assumption). AF: abrupt start and end.
 TIME_COURSE = {"copd-exacerbation": (2.0, 5.0, 7.0), "hf-decompensation": (3.0, 7.0, 4.0),
-               "af": (0.0, 2.0, 0.0)}
+               "af": (0.0, 2.0, 0.0),
+               # assumptions: a flare over a day, a week at its worst, two weeks to settle;
+               # a sudden loss over 2 days, partial recovery only after a month; non-use
+               # setting in over 3 days, for 3 weeks
+               "back-pain-flare": (1.0, 7.0, 14.0),
+               "sudden-hearing-loss-left": (2.0, 30.0, 30.0),
+               "sudden-hearing-loss-right": (2.0, 30.0, 30.0),
+               "hearing-aid-non-use": (3.0, 21.0, 3.0)}
 EVENT_KINDS = tuple(EFFECTS)
 
 

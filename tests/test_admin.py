@@ -70,7 +70,8 @@ def test_a_duplicate_patient_is_refused_and_nothing_changes(db):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"modules": ("heartfailure",)}, "unknown module 'heartfailure' (installed modules: copd"),
+    ({"modules": ("heartfailure",)}, "unknown module 'heartfailure' (installed modules: "
+                                     + ", ".join(sorted(INSTALLED))),
     ({"modules": ()}, "at least one module"),
     ({"timezone": "Europe/Kobenhavn"}, "unknown time zone 'Europe/Kobenhavn'"),
     ({"patient": "010203-1234"}, "looks like a CPR number"),
@@ -388,11 +389,71 @@ def test_cli_modules_gateways_and_consent(run, central):
 def test_modules_alone_lists_installed_modules_with_default_limits(run):
     result = run("modules", config=None)
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("copd ")
-    rows = {line.split()[0]: line for line in result.output.splitlines()[2:]}
+    blocks = result.output.split("\n\n")  # modules are apart by a blank line, by name
+    assert [b.split()[0] for b in blocks] == sorted(INSTALLED)
+    (copd,) = [b.splitlines() for b in blocks if b.startswith("copd ")]
+    table_end = copd.index("  rules (each on the watched code's readings of its window, at "
+                           "every new one):")
+    rows = {line.split()[0]: line for line in copd[2:table_end]}
     assert set(rows) == set(INSTALLED["copd"].codes)
     assert rows["spo2"].rstrip().endswith("red < 88, yellow < 90")
     assert rows["weight"].rstrip().endswith("no default limits")
+    module = INSTALLED["copd"]
+    rule = module.rules[0]
+    assert f"    {rule.name} [{', '.join(rule.codes)}; 7 d]: {rule.description}" in copd
+    assert "  schedule: spo2, pulse every 1 d by 12:00 local time" in copd
+    assert copd[copd.index("  sources:") + 1:] == [f"    {s}" for s in module.sources]
+
+
+def test_modules_list_questionnaire_items_with_their_significant_answers():
+    from telemon.models import Triage
+    from telemon.modules import Item, Questionnaire
+
+    daily = Questionnaire(
+        id="daily", version="1", title="Daily", score=lambda answers: {}, scores={},
+        source="test", optional=("note",), items=(
+            Item("breathless", "boolean", significance={True: Triage.YELLOW}),
+            Item("cough", "boolean", significance={True: Triage.YELLOW}),
+            Item("colour", "choice", options=("clear", "green"),
+                 significance={"green": Triage.RED}),
+            *(Item(f"q_{n}", "integer", low=0, high=5) for n in range(1, 9)),
+            Item("note", "integer", low=0, high=5), Item("q_10", "boolean"),
+            Item("q_11", "boolean")))
+    assert admin._item_lines(daily) == [
+        "breathless, cough: yes/no (yes: yellow)",
+        "colour: clear|green (green: red)",
+        "q_1..q_8: 0-5",  # three or more numbered on are shortened
+        "note: 0-5; optional",
+        "q_10, q_11: yes/no",  # two are not
+    ]
+
+
+def test_modules_json_describes_codes_rules_schedule_and_questionnaires(run):
+    result = run("modules", "--json", config=None)
+    assert result.exit_code == 0, result.output
+    (copd,) = [m for m in json.loads(result.output)["modules"] if m["name"] == "copd"]
+    module = INSTALLED["copd"]
+    codes = {c["key"]: c for c in copd["codes"]}
+    assert list(codes) == list(module.codes)
+    assert codes["spo2"]["default_limits"] == {"red_low": 88, "yellow_low": 90,
+                                               "yellow_high": None, "red_high": None}
+    assert codes["spo2"]["unit"] == "%" and codes["spo2"]["code"]["code"] == "150456"
+    assert codes["weight"]["default_limits"] is None
+    assert copd["rules"][0] == {"name": "spo2_sustained_low",
+                                "description": module.rules[0].description,
+                                "codes": ["spo2"], "window_seconds": 7 * 86400,
+                                "records": False}
+    assert copd["schedule"] == {"codes": ["spo2", "pulse"], "every_seconds": 86400,
+                                "deadline": "12:00"}
+    for described, questionnaire in zip(copd["questionnaires"], module.questionnaires,
+                                        strict=True):
+        assert described["id"] == questionnaire.id
+        assert [i["id"] for i in described["items"]] == [i.id for i in questionnaire.items]
+        assert described["scores"] == dict(questionnaire.scores)
+        for item, declared in zip(described["items"], questionnaire.items, strict=True):
+            assert item["significance"] == [{"answer": a, "severity": t.label}
+                                            for a, t in declared.significance.items()]
+    assert copd["sources"] == list(module.sources)
 
 
 @pytest.mark.parametrize("args, code, message", [
@@ -400,8 +461,9 @@ def test_modules_alone_lists_installed_modules_with_default_limits(run):
     (["patient", "add", "p-0001", "--name", "Test Patient 9", "--module", "copd"], 1,
      "patient p-0001 already exists"),
     (["patient", "add", "p-0002", "--name", "Test Patient 2", "--module", "hf"], 2,
-     "unknown module 'hf' (installed modules: copd)"),
-    (["modules", "enable", "p-0001", "hf"], 2, "unknown module 'hf' (installed modules: copd)"),
+     f"unknown module 'hf' (installed modules: {', '.join(sorted(INSTALLED))})"),
+    (["modules", "enable", "p-0001", "hf"], 2,
+     f"unknown module 'hf' (installed modules: {', '.join(sorted(INSTALLED))})"),
     (["limits", "set", "p-0001", "spox", "--red-low", "90", "--reason", "x"], 2,
      "unknown code 'spox'; did you mean spo2? (known codes: " + ", ".join(KNOWN) + ")"),
     (["limits", "set", "p-0001", "spo2", "--red-low", "92", "--yellow-low", "90",
