@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 
@@ -14,8 +15,22 @@ from telemon.edge import edge
 from telemon.evaluate import evaluate_group
 from telemon.export import export_group
 
+LAZY_COMMANDS = {"tui": ("telemon.tui.app", "tui_command")}
+"""Commands imported only when used (the dashboard loads Textual)."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class TelemonGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *LAZY_COMMANDS])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attribute = LAZY_COMMANDS[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=TelemonGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="telemon")
 def cli() -> None:
     """telemon: home telemonitoring of chronically ill citizens.

@@ -350,10 +350,43 @@ def m003_central(db: sqlite_utils.Database) -> None:
     """ + _append_only("audit"))
 
 
+def m004_nursing(db: sqlite_utils.Database) -> None:
+    """The nurse dashboard (telemon.nursing): who is on a patient, when a patient was
+    contacted, how far a green patient's readings have been reviewed, and an index that
+    finds each patient's unresolved alarms for the overview without reading resolved ones."""
+    db.executescript("""
+        CREATE TABLE assignments (
+            patient TEXT PRIMARY KEY REFERENCES patients (id),
+            nurse TEXT NOT NULL,
+            since TEXT NOT NULL
+        );
+
+        CREATE TABLE contacts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            patient TEXT NOT NULL REFERENCES patients (id),
+            at TEXT NOT NULL,
+            nurse TEXT NOT NULL,
+            note TEXT NOT NULL
+        );
+        CREATE INDEX contacts_patient_at ON contacts (patient, at);
+
+        CREATE TABLE reviews (
+            patient TEXT PRIMARY KEY REFERENCES patients (id),
+            upto INTEGER NOT NULL,         -- the last observation (rowid) reviewed
+            at TEXT NOT NULL,
+            nurse TEXT NOT NULL
+        );
+
+        CREATE INDEX alarms_unresolved ON alarms (patient, severity, raised)
+            WHERE state != 'resolved';
+    """ + _append_only("contacts"))
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
     m002_quarantine_source,
     m003_central,
+    m004_nursing,
 ]
 """Applied in this order, each once. Append only; never edit one that has been released.
 A migration runs inside a transaction, so it uses statements valid there (plain SQL DDL)."""
