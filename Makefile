@@ -26,10 +26,10 @@ system-packages:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
+# The one-command demo: embedded broker, a central with every disease module, 50 simulated
+# homes, and the nurse dashboard (quit with q). Headless: make demo DEMO_ARGS="--headless".
 demo: setup
-	$(BIN)/telemon plugins
-	$(BIN)/telemon config check examples/edge.toml
-	$(BIN)/telemon config check examples/central.toml
+	$(BIN)/telemon demo $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

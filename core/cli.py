@@ -15,7 +15,8 @@ from telemon.edge import edge
 from telemon.evaluate import evaluate_group
 from telemon.export import export_group
 
-LAZY_COMMANDS = {"tui": ("telemon.tui.app", "tui_command")}
+LAZY_COMMANDS = {"tui": ("telemon.tui.app", "tui_command"),
+                 "demo": ("telemon.demo", "demo_command")}
 """Commands imported only when used (the dashboard loads Textual)."""
 
 

@@ -142,7 +142,7 @@ def build(module: str, *, patients: int, days: int, seed: int = 0,
             day = int(rng.integers(first, max(first, days - 10) + 1))
             onset = start + timedelta(days=day, hours=float(rng.uniform(0, 24)))
             events = (Event(kind, onset, severity=float(rng.uniform(0.6, 1.2))),)
-        model = PatientModel(seed * 100_003 + number, baseline=_baseline(rng), events=events,
+        model = PatientModel(seed * 100_003 + number, baseline=baseline(rng), events=events,
                              tz=tz)
         members.append(SimPatient(
             id=f"p-{number + 1:04d}", model=model,
@@ -151,7 +151,7 @@ def build(module: str, *, patients: int, days: int, seed: int = 0,
     return Cohort(module, start, days, tuple(members), tz, seed)
 
 
-def _baseline(rng: np.random.Generator) -> Baseline:
+def baseline(rng: np.random.Generator) -> Baseline:
     """A patient's own usual values around the model's defaults (between-patient spread:
     hearing-aid use SD 2.8 h, Demant 2021, CLINICAL.md; the others assumptions, kept narrow
     where the module's default limits assume a typical patient - a patient far from them

@@ -74,6 +74,9 @@ class DashboardApp(App):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
+        # Ctrl-C quits too (Textual's default only says how to quit): over SSH it is what
+        # people press; not a priority binding, so a text field still copies with it
+        Binding("ctrl+c", "quit", "Quit", show=False),
     ]
 
     def __init__(self, config: CentralConfig, *, nurse: str,
