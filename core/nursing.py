@@ -33,6 +33,7 @@ from telemon.codes import KNOWN
 from telemon.config import CentralConfig
 from telemon.models import (
     Alarm,
+    Component,
     ConsentEvent,
     LimitSet,
     LimitVersion,
@@ -408,12 +409,25 @@ class Measure:
         if self.latest is None:
             return "-"
         code = KNOWN[self.key].code
+        if self.latest.components and self.latest.code == code:  # a panel: its parts
+            return ", ".join(_part_text(part) for part in self.latest.components)
         part = next((c for c in self.latest.components
                      if (c.code.system, c.code.code) == (code.system, code.code)),
                     None) if self.latest.components else self.latest
-        if part is None:
-            return "-"
-        return f"{part.value} {part.unit}" if part.value is not None else f"({part.absent})"
+        return "-" if part is None else _part_text(part)
+
+    @property
+    def is_panel(self) -> bool:
+        """Readings of this code are panels (a blood pressure, an audiogram): their parts
+        are plotted as measures of their own, or not at all."""
+        return self.latest is not None and bool(self.latest.components) and (
+            self.latest.code == KNOWN[self.key].code)
+
+
+def _part_text(part: Observation | Component) -> str:
+    name = f"{part.code.display} " if isinstance(part, Component) and part.code.display else ""
+    return (f"{name}{part.value} {part.unit}" if part.value is not None
+            else f"{name}({part.absent})")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ class NoteDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.title_text, classes="dialog-title")
-            yield Static(self.detail, classes="dialog-detail")
+            yield Static(self.detail, classes="dialog-detail", markup=False)
             yield Input(placeholder=self.placeholder, id="note")
             yield Static("Enter: save   Esc: cancel", classes="dialog-hint")
 
@@ -98,7 +98,7 @@ class LimitsDialog(ModalScreen[LimitsChange | None]):
                 for name in LIMIT_FIELDS:
                     yield Input(id=name, restrict=r"[0-9.]*")
             yield Input(placeholder="reason (required), e.g. the doctor's order", id="reason")
-            yield Static("choose a measure", id="preview")
+            yield Static("choose a measure", id="preview", markup=False)
             yield Static("Tab: next field   Enter: save   Esc: cancel", classes="dialog-hint")
 
     def on_mount(self) -> None:

@@ -46,7 +46,7 @@ class OverviewScreen(Screen):
             yield Input(placeholder="search name or id", id="search")
             yield Static(f"{self.dashboard.config.organisation}  f: filter", id="filter-text")
         yield TriageTable(self.dashboard.zone, self.dashboard.clock, id="triage")
-        yield Static("", id="detail")
+        yield Static("", id="detail", markup=False)
         yield StatusBar()
         yield Footer()
 

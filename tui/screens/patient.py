@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -53,13 +54,13 @@ class PatientScreen(Screen):
         return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
-        yield Static(f"{self.patient}: reading…", id="patient-title")
+        yield Static(f"{self.patient}: reading…", id="patient-title", markup=False)
         with TabbedContent(id="tabs"):
             with TabPane("1 Readings", id="readings"):
                 yield VerticalScroll(id="measures")
             with TabPane("2 Alarms", id="alarms"):
                 yield DataTable(id="alarm-table", cursor_type="row")
-                yield Static("", id="alarm-trail")
+                yield Static("", id="alarm-trail", markup=False)
             with TabPane("3 Answers", id="answers"):
                 yield DataTable(id="answer-table", cursor_type="row")
             with TabPane("4 Limits", id="limits"):
@@ -146,7 +147,9 @@ class PatientScreen(Screen):
             limits = (admin.describe_limits(measure.limits) if measure.limits
                       else "no limits")
             line += f"\n  limits ({measure.limits_source}): {limits}"
-            widgets.append(Static(line, classes="measure-title"))
+            widgets.append(Static(line, classes="measure-title", markup=False))
+            if measure.is_panel:
+                continue  # its parts have their own plots (or, an audiogram, none)
             if len(measure.times):
                 widgets.append(HistoryPlot(PlotData(measure.times, measure.values,
                                                     measure.limits, start,
@@ -165,7 +168,7 @@ class PatientScreen(Screen):
         table.clear()
         for alarm in record.alarms:
             table.add_row(LABELS[nursing.TRIAGE_OF_SEVERITY[alarm.severity]], alarm.state,
-                          admin.local(alarm.raised, zone), alarm.rule, alarm.message,
+                          admin.local(alarm.raised, zone), alarm.rule, Text(alarm.message),
                           key=alarm.id)
         if selected is not None and selected.id in {a.id for a in record.alarms}:
             table.move_cursor(row=table.get_row_index(selected.id))
@@ -174,7 +177,7 @@ class PatientScreen(Screen):
     def _fill(self, selector: str, rows: list[tuple[str, ...]]) -> None:
         table = self.query_one(selector, DataTable)
         table.clear()
-        table.add_rows(rows)
+        table.add_rows([[Text(cell) for cell in row] for row in rows])  # data, not markup
 
     def selected_alarm(self) -> Alarm | None:
         """The alarm under the Alarms tab's cursor, else the worst unresolved one."""
