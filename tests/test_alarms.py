@@ -58,12 +58,17 @@ def engine(tmp_path):
     db.close()
 
 
-def ingest(engine, observations, now=None):
-    now = now or max(o.effective for o in observations) + timedelta(seconds=5)
+def ingest(engine, observations=(), responses=(), now=None):
+    """What the central does with a group of messages: store, then evaluate what was new."""
+    now = now or max([o.effective for o in observations]
+                     + [r.authored for r in responses]) + timedelta(seconds=5)
     with store.transaction(engine.db):
         engine.directory.refresh()
-        new = store.store_observations(engine.db, observations, received=now)
-        return engine.evaluate(new, now)
+        new = store.store_observations(engine.db, list(observations), received=now)
+        for response in responses:
+            assert engine.response_problem(response) is None
+            store.store_questionnaire_response(engine.db, response, received=now)
+        return engine.evaluate_new(new, list(responses), now)
 
 
 def unresolved(db):

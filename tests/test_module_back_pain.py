@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pluggy
 import pytest
+from test_alarms import ingest
 
 from telemon import alarms, config, hookspecs, plugin_manager, store
 from telemon.codes import KNOWN
@@ -328,15 +329,7 @@ def response(id_, questionnaire, answers, at, patient="p-0001"):
 
 def submit(engine, responses=(), observations=(), now=None):
     """Store and evaluate as the central does: one transaction per group."""
-    now = now or max(r.authored for r in [*responses, *observations]
-                     if isinstance(r, QuestionnaireResponse)) + timedelta(minutes=1)
-    with store.transaction(engine.db):
-        engine.directory.refresh()
-        for answered in responses:
-            assert engine.response_problem(answered) is None
-            store.store_record(engine.db, answered)
-        new = store.store_observations(engine.db, observations, received=now)
-        return engine.evaluate_new(new, responses, now)
+    return ingest(engine, observations, responses, now)
 
 
 def unresolved(db):

@@ -17,6 +17,7 @@ import numpy as np
 import pluggy
 import pytest
 from click.testing import CliRunner
+from test_alarms import ingest
 
 from telemon import admin, alarms, config, hookspecs, plugin_manager, store
 from telemon.codes import KNOWN
@@ -376,14 +377,6 @@ def engine(tmp_path):
     engine = alarms.AlarmEngine(db, loaded, registry.modules)
     yield engine
     db.close()
-
-
-def ingest(engine, observations):
-    now = max(o.effective for o in observations) + timedelta(minutes=1)
-    with store.transaction(engine.db):
-        engine.directory.refresh()
-        new = store.store_observations(engine.db, observations, received=now)
-        return engine.evaluate_new(new, [], now)
 
 
 def unresolved(db):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 from test_alarms import ORG, T0, central_config, enrol, reading, unresolved
+from test_alarms import ingest as evaluate
 
 from telemon import alarms, dsp, plugin_manager, store
 from telemon.codes import KNOWN
@@ -318,18 +319,6 @@ def engine(tmp_path):
     engine = alarms.AlarmEngine(db, cfg, {"heart_failure": MODULE})
     yield engine
     db.close()
-
-
-def evaluate(engine, observations=(), responses=(), now=None):
-    now = now or max([o.effective for o in observations]
-                     + [r.authored for r in responses]) + timedelta(seconds=5)
-    with store.transaction(engine.db):
-        engine.directory.refresh()
-        new = store.store_observations(engine.db, list(observations), received=now)
-        for response in responses:
-            assert engine.response_problem(response) is None
-            store.store_questionnaire_response(engine.db, response, received=now)
-        return engine.evaluate_new(new, list(responses), now)
 
 
 def blood_pressure(i, systolic, diastolic, at):
