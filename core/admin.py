@@ -1,4 +1,4 @@
-"""Enrolment and administration: patients, their limits, modules, gateways and consent.
+"""Enrolment and administration: patients, their limits, modules, gateways, consent and staff.
 
 Plain functions (the nurse dashboard calls them too) and, below them, the click groups of
 the `telemon` command line. Every change is one transaction together with its audit entry
@@ -9,6 +9,10 @@ audited as well.
 Personal data (the display name) lives only in the central's `patients` table. Everything
 else - the wire, MQTT topics, logs, audit details and error messages - names a citizen by
 pseudonym only, so no message here ever contains a display name.
+
+Once staff are registered (telemon.roles), each change and audited read here first checks
+that the actor's role holds the right it needs; a refusal is audited ("refused") and raised
+as Refused, an AdminError naming the missing right.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,7 +36,7 @@ import click
 import msgspec
 import sqlite_utils
 
-from telemon import plugin_manager, store
+from telemon import plugin_manager, provision, roles, store
 from telemon.codes import KNOWN, lookup
 from telemon.config import CPR, ID, CentralConfig, load_or_exit
 from telemon.models import (
@@ -58,6 +63,10 @@ class AdminError(Exception):
 class InvalidInput(AdminError):
     """Input that can never be right: a malformed id, an unknown module or code, limits out
     of order or outside the code's plausible range."""
+
+
+class Refused(AdminError):
+    """The actor's role does not hold the right a change or read needs (telemon.roles)."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,19 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
+def _require(db: sqlite_utils.Database, actor: str, right: str, attempted: str,
+             patient: str | None = None) -> None:
+    """Refuse, audited, unless the actor's role holds `right` (telemon.roles). Call it before
+    the change's transaction: the audit entry of a refusal must outlive the refusal."""
+    if patient is not None:
+        _check_id(patient, "patient")  # a CPR number typed by mistake is never audited
+    reason = roles.missing_right(db, actor, right)
+    if reason is not None:
+        store.audit(db, actor=actor, action="refused", patient=patient, right=right,
+                    attempted=attempted)
+        raise Refused(f"refused: {reason}")
+
+
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
@@ -147,7 +169,7 @@ def add_patient(db: sqlite_utils.Database, *, patient: str, organisation: str,
                 gateways: Collection[str] = (), actor: str,
                 installed_modules: Collection[str]) -> Patient:
     """Enrol a new patient: their row in `patients` and their Enrolment, audited."""
-    _check_id(patient, "patient")
+    _require(db, actor, "enrolment.change", "patient.add", patient)
     for gateway in gateways:
         _check_id(gateway, "gateway")
     if not display_name.strip():
@@ -213,6 +235,7 @@ def list_patients(db: sqlite_utils.Database, organisation: str,
 def show_patient(db: sqlite_utils.Database, patient: str, *, actor: str,
                  at: datetime | None = None) -> PatientOverview:
     """The patient with the limits and consent in force at `at` (now), audited as a read."""
+    _require(db, actor, "patient.read", "patient.show", patient)
     with store.transaction(db):
         overview = PatientOverview(get_patient(db, patient), limits_in_force(db, patient, at),
                                    consent_in_force(db, patient))
@@ -227,6 +250,7 @@ def set_limits(db: sqlite_utils.Database, *, patient: str, code_key: str, limits
                reason: str, actor: str, valid_from: datetime | None = None) -> LimitVersion:
     """Add the next version of a patient's limits for one code (versions are never
     overwritten: the current one ends when this one starts); audited with before/after."""
+    _require(db, actor, "limits.set", "limits.set", patient)
     if code_key not in KNOWN:
         raise _unknown_code(code_key)
     _check_limits(code_key, limits)
@@ -290,6 +314,7 @@ def _change_enrolment(db: sqlite_utils.Database, *, patient: str, actor: str, ac
                       change: Callable[[Enrolment], Enrolment], **detail: object) -> Enrolment:
     """Store the enrolment `change` makes of the patient's current one, audited with its
     modules and gateways before and after."""
+    _require(db, actor, "enrolment.change", action, patient)
     with store.transaction(db):
         before = get_patient(db, patient).enrolment
         after = change(before)
@@ -364,6 +389,7 @@ def unbind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
 def record_consent(db: sqlite_utils.Database, *, patient: str, purpose: str, granted: bool,
                    actor: str) -> ConsentEvent:
     """Append a consent given or withdrawn (consent is this stream of events, not a flag)."""
+    _require(db, actor, "consent.record", "consent.record", patient)
     if purpose not in CONSENT_PURPOSES:
         raise InvalidInput(f"unknown consent purpose {purpose!r} (purposes: "
                            f"{', '.join(CONSENT_PURPOSES)})")
@@ -381,6 +407,50 @@ def consent_in_force(db: sqlite_utils.Database, patient: str) -> dict[str, Conse
     """For each purpose the patient was ever asked about, the latest event: in force when
     it is a grant."""
     return {event.purpose: event for event in store.consent_history(db, patient)}
+
+
+# --- staff ----------------------------------------------------------------------------------
+
+
+def add_staff(db: sqlite_utils.Database, *, name: str, role: str,
+              actor: str) -> roles.StaffMember:
+    """Register a staff member with a role. The first one must be an administrator: adding
+    them switches the rights checks on, and someone must be able to add the others."""
+    name = name.strip()
+    if not name or len(name) > 64 or not name.isprintable():
+        raise InvalidInput("a staff name is 1 to 64 printable characters")
+    if role not in roles.ROLES:
+        raise InvalidInput(f"unknown role {role!r} (roles: {', '.join(roles.ROLES)})")
+    _require(db, actor, "staff.manage", "staff.add")
+    now = datetime.now(UTC)
+    with store.transaction(db):
+        if (current := roles.role_of(db, name)) is not None:
+            raise AdminError(f"{name} is already registered as {current}")
+        if not roles.enforced(db) and role != "administrator":
+            raise AdminError("the first staff member must be an administrator (who can then "
+                             "add the others)")
+        db.execute("INSERT INTO staff (name, role, added, added_by) VALUES (?, ?, ?, ?)",
+                   [name, role, store.utc_text(now), actor])
+        store.audit(db, actor=actor, action="staff.add", name=name, role=role)
+    return roles.StaffMember(name, role, now, actor)
+
+
+def remove_staff(db: sqlite_utils.Database, *, name: str, actor: str) -> None:
+    """Unregister a staff member (who added and removed them stays in the audit log). The
+    last administrator stays while others are registered: nobody could manage them."""
+    _require(db, actor, "staff.manage", "staff.remove")
+    name = name.strip()
+    with store.transaction(db):
+        role = roles.role_of(db, name)
+        if role is None:
+            raise AdminError(f"{name} is not registered staff")
+        others = [m for m in roles.staff(db) if m.name != name]
+        if role == "administrator" and others and all(
+                m.role != "administrator" for m in others):
+            raise AdminError(f"{name} is the last administrator: add another before removing "
+                             "them")
+        db.execute("DELETE FROM staff WHERE name = ?", [name])
+        store.audit(db, actor=actor, action="staff.remove", name=name, role=role)
 
 
 def audit_entries(db: sqlite_utils.Database, patient: str | None = None,
@@ -599,6 +669,7 @@ def patient_list(module: str | None, as_json: bool, config_path: str, actor: str
     with open_central(config_path) as central:
         if module is not None:
             _check_module(module, central.installed_modules)
+        _require(central.db, actor, "patient.read", "patient.list")
         with store.transaction(central.db):
             patients = list_patients(central.db, central.config.organisation, module)
             store.audit(central.db, actor=actor, action="patient.list", module=module,
@@ -669,12 +740,14 @@ def limits_history(patient_id: str, code: str | None, as_json: bool, config_path
     """Every version of PATIENT's own limits, oldest first (the read is audited)."""
     if code is not None and code not in KNOWN:
         raise _unknown_code(code)
-    with open_central(config_path) as central, store.transaction(central.db):
-        zone = get_patient(central.db, patient_id).timezone
-        versions = [v for v in limit_versions(central.db, patient_id)
-                    if code is None or code_key(v.code) == code]
-        store.audit(central.db, actor=actor, action="limits.history", patient=patient_id,
-                    code=code)
+    with open_central(config_path) as central:
+        _require(central.db, actor, "patient.read", "limits.history", patient_id)
+        with store.transaction(central.db):
+            zone = get_patient(central.db, patient_id).timezone
+            versions = [v for v in limit_versions(central.db, patient_id)
+                        if code is None or code_key(v.code) == code]
+            store.audit(central.db, actor=actor, action="limits.history", patient=patient_id,
+                        code=code)
     if as_json:
         echo_json(versions)
     elif versions:
@@ -872,6 +945,81 @@ def gateway_unbind(patient_id: str, gateway: str, config_path: str, actor: str) 
     click.echo(f"{patient_id}: gateways {', '.join(enrolment.gateways) or 'none'}")
 
 
+# made absolute: a config's file: references and TLS files must be absolute paths
+_FILE = click.Path(dir_okay=False, resolve_path=True, path_type=Path)
+_FOLDER = click.Path(file_okay=False, resolve_path=True, path_type=Path)
+
+
+@gateway_group.command(name="provision")
+@click.argument("gateway", metavar="GATEWAY")
+@click.option("--password-file", type=_FILE,
+              metavar="OUT", help="Write the password here, owner-only, for the gateway's "
+              'password = "file:OUT" (without it the password is printed, once).')
+@click.option("--cert", is_flag=True,
+              help="A client certificate instead of a password (needs --ca-cert, --ca-key, "
+                   "--cert-dir).")
+@click.option("--ca-cert", type=_FILE,
+              help="With --cert: the organisation's gateway CA certificate (PEM).")
+@click.option("--ca-key", type=_FILE,
+              help="With --cert: that CA's private key (PEM, unencrypted).")
+@click.option("--cert-dir", type=_FOLDER,
+              help="With --cert: where GATEWAY.pem and GATEWAY.key are written (owner-only).")
+@config_option
+@by_option
+@reports_errors
+def gateway_provision(gateway: str, password_file: Path | None, cert: bool,
+                      ca_cert: Path | None, ca_key: Path | None, cert_dir: Path | None,
+                      config_path: str, actor: str) -> None:
+    """Make GATEWAY's broker credential and print the broker's lines for it: Mosquitto
+    password file and ACL, and the EMQX 5 authorization rules (docs/provisioning.md)."""
+    _check_id(gateway, "gateway")
+    if cert and (password_file or None in (ca_cert, ca_key, cert_dir)):
+        raise click.UsageError("--cert needs --ca-cert, --ca-key and --cert-dir, and no "
+                               "--password-file")
+    if not cert and (ca_cert or ca_key or cert_dir):
+        raise click.UsageError("--ca-cert, --ca-key and --cert-dir are used with --cert only")
+    with open_central(config_path) as central:
+        _require(central.db, actor, "enrolment.change", "gateway.provision")
+        topics = provision.gateway_topics(central.config.organisation, gateway)
+        password = None if cert else provision.new_password()
+        try:
+            with store.transaction(central.db):  # the audit entry only if the files are there
+                if cert:
+                    issued = provision.issue_client_certificate(
+                        gateway, ca_cert=ca_cert, ca_key=ca_key, folder=cert_dir)
+                    detail = {"method": "certificate", "serial": issued.serial,
+                              "sha256": issued.sha256, "expires": issued.expires.isoformat()}
+                else:
+                    if password_file is not None:
+                        provision.write_secret(password_file, password)
+                    detail = {"method": "password"} | (
+                        {"password_file": str(password_file)} if password_file else {})
+                store.audit(central.db, actor=actor, action="gateway.provision",
+                            gateway=gateway, **detail)  # never the secret or its hash
+        except provision.ProvisionError as exc:
+            raise AdminError(str(exc)) from None
+    if cert:
+        click.echo(f"# client certificate {issued.certificate} and key {issued.key} "
+                   f"(owner-only; expires {issued.expires:%Y-%m-%d})\n"
+                   f"# the gateway's [broker]: client_cert = \"{issued.certificate}\", "
+                   f"client_key = \"{issued.key}\"\n"
+                   f"# Mosquitto TLS listener: cafile {ca_cert}, require_certificate true, "
+                   "use_identity_as_username true")
+    else:
+        click.echo("# Mosquitto password file (password_file):\n"
+                   + provision.mosquitto_password_line(gateway, password))
+    click.echo("# Mosquitto ACL file (acl_file):\n" + provision.mosquitto_acl(topics, gateway)
+               + "# EMQX 5 built-in database authorization, POST "
+               "/api/v5/authorization/sources/built_in_database/username:\n"
+               + provision.emqx_json(topics, gateway))
+    if password_file is not None:
+        click.echo(f'# password written to {password_file} (owner-only); the gateway\'s '
+                   f'[broker]: username = "{gateway}", password = "file:{password_file}"')
+    elif password is not None:
+        click.echo(f"# the password, shown only now (the gateway's [broker]: username = "
+                   f'"{gateway}", password = "env:..." or "file:..." holding it):\n{password}')
+
+
 @click.group(name="consent")
 def consent_group() -> None:
     """Record consent given or withdrawn, per purpose (an append-only stream of events)."""
@@ -925,6 +1073,60 @@ def audit_query(patient_id: str | None, since: str | None, as_json: bool,
         for e in entries])
 
 
+# --- command line: staff ---------------------------------------------------------------------
+
+
+@click.group(name="staff")
+def staff_group() -> None:
+    """Register staff and their roles; once any are, each change needs a role holding its
+    right (nurse, team_lead, administrator: docs/roles-and-consent.md)."""
+
+
+@staff_group.command(name="add")
+@click.argument("name", metavar="NAME")
+@click.option("--role", required=True, type=click.Choice(roles.ROLES),
+              help="What they may do (the first one registered must be an administrator).")
+@config_option
+@by_option
+@reports_errors
+def staff_add(name: str, role: str, config_path: str, actor: str) -> None:
+    """Register NAME (as they sign with --by or TELEMON_USER) with a role."""
+    with open_central(config_path) as central:
+        member = add_staff(central.db, name=name, role=role, actor=actor)
+    click.echo(f"added {member.name} as {member.role}")
+
+
+@staff_group.command(name="remove")
+@click.argument("name", metavar="NAME")
+@config_option
+@by_option
+@reports_errors
+def staff_remove(name: str, config_path: str, actor: str) -> None:
+    """Unregister NAME (the audit log keeps who they were and what they did)."""
+    with open_central(config_path) as central:
+        remove_staff(central.db, name=name, actor=actor)
+    click.echo(f"removed {name.strip()}")
+
+
+@staff_group.command(name="list")
+@json_option
+@config_option
+@reports_errors
+def staff_list(as_json: bool, config_path: str) -> None:
+    """The registered staff and their roles (none: rights are not checked)."""
+    with open_central(config_path) as central:
+        members = roles.staff(central.db)
+        zone = central.config.timezone
+    if as_json:
+        echo_json(members)
+    elif not members:
+        click.echo("no staff registered: rights are not checked (telemon staff add NAME "
+                   "--role administrator)")
+    else:
+        echo_table(("NAME", "ROLE", "ADDED", "ADDED BY"), [
+            (m.name, m.role, local(m.added, zone), m.added_by) for m in members])
+
+
 # --- command line: quarantine ----------------------------------------------------------------
 
 
@@ -968,5 +1170,5 @@ def quarantine_command(limit: int, entry_id: int | None, as_json: bool,
 
 
 COMMANDS = (patient_group, limits_group, modules_group, gateway_group, consent_group,
-            audit_query, quarantine_command)
+            staff_group, audit_query, quarantine_command)
 """The groups to add to the `telemon` command line."""

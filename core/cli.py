@@ -14,6 +14,7 @@ from telemon.central import central_command
 from telemon.edge import edge
 from telemon.evaluate import evaluate_group
 from telemon.export import export_group
+from telemon.retention import retention_command
 
 LAZY_COMMANDS = {"tui": ("telemon.tui.app", "tui_command"),
                  "demo": ("telemon.demo", "demo_command")}
@@ -337,6 +338,7 @@ cli.add_command(central_command)
 cli.add_command(broker_command)
 cli.add_command(export_group)
 cli.add_command(evaluate_group)
+cli.add_command(retention_command)
 for _group in admin.COMMANDS:
     cli.add_command(_group)
 

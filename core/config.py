@@ -18,6 +18,10 @@ Shape (examples/edge.toml and examples/central.toml are complete, commented exam
     username = "<text>"               # optional
     password = "env:VAR" | "file:/absolute/path"   # optional; a reference, never the secret
     client_id = "<id>"                # optional
+    ca_file = "/absolute/ca.pem"      # optional, mqtts:// only: verify the broker against
+                                      # this PEM bundle instead of the system's CAs
+    client_cert = "/absolute/gw.pem"  # optional, mqtts:// only, both or neither: log in
+    client_key = "/absolute/gw.key"   # with a client certificate (telemon gateway provision)
 
     [storage]                         # required
     path = "<path>"                   # required; database (central) or outbox (edge) folder
@@ -42,6 +46,11 @@ Shape (examples/edge.toml and examples/central.toml are complete, commented exam
                                       # many times faster (a number above 0; default 1)
 
     # central only
+    [retention]                       # optional; telemon.retention (`telemon retention run`)
+    raw_after_days = 90               # empty observations' raw device bytes received more
+                                      # than N days ago (the values are kept); absent: never
+    quarantine_after_days = 365       # delete quarantined input older than N days; absent:
+                                      # never. Each an integer between 1 and 36500.
     [modules.<installed module>]
     enabled = true                    # required
     [modules.<module>.limits.<code>]  # the organisation's default limits for a code the
@@ -91,6 +100,7 @@ ROLES = ("edge", "central")
 DEFAULT_TIMEZONE = "Europe/Copenhagen"
 DEFAULT_ESCALATE_MINUTES = 30.0
 DEFAULT_OUTBOX_MEGABYTES = 512
+MAX_RETENTION_DAYS = 36500  # a hundred years: a larger number is a typo
 LIMIT_KEYS = ("red_low", "yellow_low", "yellow_high", "red_high")
 # The scenarios of simulated patients (telemon.sim.SCENARIOS; tests keep the two equal).
 SIM_SCENARIOS = ("stable", "copd-exacerbation", "hf-decompensation", "af")
@@ -147,6 +157,9 @@ class BrokerConfig:
     username: str | None
     password: SecretRef | None
     client_id: str | None
+    ca_file: Path | None = None  # PEM CAs the broker is verified with; None: the system's
+    client_cert: Path | None = None  # PEM client certificate and its (unencrypted) key
+    client_key: Path | None = None
 
     @property
     def tls(self) -> bool:
@@ -213,6 +226,14 @@ class AlarmsConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long the central keeps what it may drop (telemon.retention); None: forever."""
+
+    raw_after_days: int | None = None  # observations' raw device bytes (values are kept)
+    quarantine_after_days: int | None = None  # rows of the quarantine table
+
+
+@dataclass(frozen=True)
 class CentralConfig:
     role: Literal["central"]
     organisation: str
@@ -222,6 +243,7 @@ class CentralConfig:
     alarms: AlarmsConfig
     modules: Mapping[str, ModuleConfig]
     exporters: Mapping[str, ExporterConfig]
+    retention: RetentionConfig = RetentionConfig()
 
 
 RoleConfig = TypeVar("RoleConfig", EdgeConfig, CentralConfig)
@@ -475,6 +497,22 @@ def _secret_ref(value: Any) -> str | None:
             "itself: credentials are never written in a config file")
 
 
+def _absolute_path(value: Any) -> str | None:
+    if isinstance(value, str) and Path(value).is_absolute():
+        return None
+    return _must("an absolute path", value)
+
+
+def _broker_tls(broker: dict) -> Iterator[tuple[str, str]]:
+    """The TLS files are used with mqtts:// only, and a client certificate with its key."""
+    for key in ("ca_file", "client_cert", "client_key"):
+        if broker[key] is not None and urlsplit(broker["url"]).scheme != "mqtts":
+            yield key, "is only used with TLS: the url must be mqtts://"
+    for key, other in (("client_cert", "client_key"), ("client_key", "client_cert")):
+        if broker[key] is not None and broker[other] is None:
+            yield other, f"is required with {key} (a client certificate and its key)"
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 def _schema(role: Any, registry: Registry) -> Table:
@@ -487,7 +525,10 @@ def _schema(role: Any, registry: Registry) -> Table:
             "username": Value(_text),
             "password": Value(_secret_ref, convert=SecretRef.parse),
             "client_id": Value(_ident),
-        }, build=BrokerConfig, required=True),
+            "ca_file": Value(_absolute_path, convert=Path),
+            "client_cert": Value(_absolute_path, convert=Path),
+            "client_key": Value(_absolute_path, convert=Path),
+        }, build=BrokerConfig, required=True, check=_broker_tls),
         "storage": Table({"path": Value(_text, required=True, convert=Path)},
                          build=StorageConfig, required=True),
         "timezone": Value(_timezone, default=DEFAULT_TIMEZONE, convert=ZoneInfo),
@@ -511,6 +552,9 @@ def _schema(role: Any, registry: Registry) -> Table:
     central = {
         "alarms": Table({"escalate_red_after_minutes": Value(
             _positive, default=DEFAULT_ESCALATE_MINUTES, convert=float)}, build=AlarmsConfig),
+        "retention": Table({key: Value(_integer(1, MAX_RETENTION_DAYS))
+                            for key in ("raw_after_days", "quarantine_after_days")},
+                           build=RetentionConfig),
         "modules": Table({name: _module(m) for name, m in registry.modules.items()},
                          build=_mapping, omit_absent=True,
                          unknown=_unknown("module", registry.modules, "installed modules")),

@@ -284,8 +284,8 @@ class Gateway:
             try:
                 self._client = mqtt.make_client(self.broker, self.client_id,
                                                 protocol=self.protocol, will=will)
-            except (LookupError, OSError) as exc:  # the password's variable or file went away
-                logger.error("broker password: %s", exc)
+            except (LookupError, OSError) as exc:  # password, CA or client certificate missing
+                logger.error("broker credentials: %s", exc)
                 return False
             self._client.max_inflight_messages_set(0)  # bounded here, by self._window
             self._client.on_connect = self._on_connect

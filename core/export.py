@@ -9,6 +9,15 @@ transaction: a crash in between repeats the batch on the next run (at least once
 target must be idempotent. An exporter that fails to open or deliver is logged with its name
 and the reason; its cursor stays where it was, and the other exporters still run.
 
+Consent: an exporter that declares a purpose (Exporter.purpose, e.g. "national-export") gets
+only the records of patients whose latest consent event for that purpose, at the time of the
+export, is a grant (telemon.admin.consent_in_force). The others are skipped, not held back:
+the cursor moves past them as past the rest of the batch, so a record collected without
+consent is never sent, even after a later grant (consent is given for what comes after; the
+cursor is one position per feed and could not wait on them anyway). Each skip is audited once
+per patient and batch ("export.skipped": exporter, purpose, count), in the transaction that
+saves the cursor, so a repeated batch is audited again only when it is skipped again.
+
 Also here, because more than one exporter needs them: the pseudonymous identifier namespaces
 telemon mints, and the alarm ranges the Danish national infrastructure copies into every
 observation.
@@ -33,7 +42,7 @@ import click
 import msgspec
 import sqlite_utils
 
-from telemon import store, wire
+from telemon import admin, store, wire
 from telemon.codes import MeasureCode, lookup
 from telemon.config import CentralConfig
 from telemon.exporters import Exporter
@@ -57,6 +66,7 @@ class ExportError(RuntimeError):
 class ExportResult:
     delivered: int  # records of the feeds (not counting the evaluations sent with them)
     error: str | None = None  # why the exporter stopped, if it did
+    skipped: int = 0  # records of the feeds left out: no consent to the exporter's purpose
 
 
 def run_exports(db: sqlite_utils.Database, config: CentralConfig, registry: Registry, *,
@@ -92,28 +102,58 @@ def export_one(db: sqlite_utils.Database, exporter: Exporter, options: Mapping[s
         target = exporter.open(options)
     except Exception as exc:  # a broken exporter must not stop the others
         return _failed(exporter.name, 0, f"cannot open: {type(exc).__name__}: {exc}")
-    delivered = 0
+    delivered = skipped = 0
     try:
         for feed in FEEDS:
             while batch := _next_batch(db, exporter.name, feed, batch_size):
                 last_rowid, records = batch
-                target.deliver(records)
-                _save_position(db, exporter.name, feed, last_rowid)
+                without_consent = _without_consent(db, exporter.purpose, records)
+                records = [r for r in records if r.patient not in without_consent]
+                if records:
+                    target.deliver(records)
+                with store.transaction(db):
+                    _audit_skipped(db, exporter, without_consent)
+                    _save_position(db, exporter.name, feed, last_rowid)
                 delivered += sum(not isinstance(r, Evaluation) for r in records)
+                skipped += sum(without_consent.values())
     except Exception as exc:
-        return _failed(exporter.name, delivered, f"{type(exc).__name__}: {exc}")
+        return _failed(exporter.name, delivered, f"{type(exc).__name__}: {exc}", skipped)
     finally:
         try:
             target.close()
         except Exception as exc:
             logger.error("exporter %r: close failed: %s: %s", exporter.name,
                          type(exc).__name__, exc)
-    return ExportResult(delivered)
+    return ExportResult(delivered, skipped=skipped)
 
 
-def _failed(name: str, delivered: int, reason: str) -> ExportResult:
+def _failed(name: str, delivered: int, reason: str, skipped: int = 0) -> ExportResult:
     logger.error("exporter %r stopped after %d record(s): %s", name, delivered, reason)
-    return ExportResult(delivered, reason)
+    return ExportResult(delivered, reason, skipped)
+
+
+def _without_consent(db: sqlite_utils.Database, purpose: str | None,
+                     records: list[Record]) -> dict[str, int]:
+    """The patients of a batch without consent to `purpose` in force now, each with how many
+    of their records of the feeds (not evaluations) the batch holds."""
+    if purpose is None:
+        return {}
+    counts: dict[str, int] = defaultdict(int)
+    for record in records:
+        counts[record.patient] += not isinstance(record, Evaluation)
+    refused = {}
+    for patient, count in counts.items():
+        event = admin.consent_in_force(db, patient).get(purpose)
+        if event is None or not event.granted:
+            refused[patient] = count
+    return refused
+
+
+def _audit_skipped(db: sqlite_utils.Database, exporter: Exporter,
+                   without_consent: Mapping[str, int]) -> None:
+    for patient, count in without_consent.items():
+        store.audit(db, actor="central", action="export.skipped", patient=patient,
+                    exporter=exporter.name, purpose=exporter.purpose, count=count)
 
 
 def cursor_positions(db: sqlite_utils.Database, exporter: str) -> dict[str, int]:
@@ -335,8 +375,8 @@ def export_run(config_path: str, batch_size: int, as_json: bool) -> None:
         sys.exit(2)
     db = store.open_database(store.central_database_path(config.storage.path), pm=pm)
     results = export_all(db, config, registry, batch_size=batch_size)
-    report = {name: {"delivered": result.delivered, "error": result.error,
-                     "cursors": cursor_positions(db, name)}
+    report = {name: {"delivered": result.delivered, "skipped": result.skipped,
+                     "error": result.error, "cursors": cursor_positions(db, name)}
               for name, result in results.items()}
     if as_json:
         click.echo(json.dumps({"exporters": report}, indent=2))
@@ -347,7 +387,9 @@ def export_run(config_path: str, batch_size: int, as_json: bool) -> None:
             cursors = ", ".join(f"{feed} at {position}"
                                 for feed, position in line["cursors"].items())
             status = f"failed: {line['error']}" if line["error"] else "ok"
-            click.echo(f"{name}: {line['delivered']} record(s) delivered, {status} "
+            skipped = (f"{line['skipped']} skipped without consent, " if line["skipped"]
+                       else "")
+            click.echo(f"{name}: {line['delivered']} record(s) delivered, {skipped}{status} "
                        f"({cursors})")
     if any(result.error for result in results.values()):
         sys.exit(1)

@@ -12,9 +12,10 @@ Topics carry pseudonymous ids only (never a CPR number or a name)::
 
 Sessions: MQTT 5 with clean_start = False and a session expiry (SESSION_EXPIRY), so the broker
 keeps a client's QoS 1 state and subscriptions across reconnects (MQTT 3.1.1:
-clean_session = False). TLS (mqtts://) verifies the broker against the system's CAs
-(`tls_set()` with no arguments; the config has no CA-file key yet). Credentials come from
-the config's username and password reference (`SecretRef.resolve()`).
+clean_session = False). TLS (mqtts://) verifies the broker's certificate and host name
+against the config's `ca_file`, else the system's CAs; a gateway may log in with a client
+certificate (`client_cert`, `client_key`; docs/provisioning.md) or with the config's username
+and password reference (`SecretRef.resolve()`).
 """
 
 from __future__ import annotations
@@ -139,8 +140,17 @@ def make_client(broker: BrokerConfig, client_id: str, *,
     if broker.username is not None:
         password = broker.password.resolve() if broker.password is not None else None
         client.username_pw_set(broker.username, password)
-    if broker.tls:
-        client.tls_set()  # the system's CAs, certificate and host name checked
+    if broker.tls:  # certificate and host name checked; ca_file None: the system's CAs
+        try:
+            # keyfile_password "": an encrypted key fails here instead of OpenSSL prompting
+            # on the terminal of an unattended service
+            client.tls_set(ca_certs=broker.ca_file, certfile=broker.client_cert,
+                           keyfile=broker.client_key, keyfile_password="")
+        except OSError as exc:  # ssl.SSLError too: a file missing, unreadable or not PEM
+            files = ", ".join(f"{key} {getattr(broker, key)}" for key in
+                              ("ca_file", "client_cert", "client_key") if getattr(broker, key))
+            raise OSError(f"broker TLS files cannot be used ({files}; PEM files, the key not "
+                          f"encrypted): {exc}") from exc
     if will is not None:
         client.will_set(will[0], will[1], qos=1, retain=True)
     return client
@@ -172,7 +182,9 @@ def open_connection(client: paho.Client, broker: BrokerConfig, protocol: MQTTPro
         return True
     except ssl.SSLError as exc:  # a configuration problem, not an outage: say so
         logger.error("TLS with broker %s:%d failed (the broker's certificate must be signed "
-                     "by a CA the system trusts): %s", broker.host, broker.port, exc)
+                     "by %s): %s", broker.host, broker.port,
+                     f"a CA in {broker.ca_file}" if broker.ca_file else "a CA the system trusts",
+                     exc)
     except OSError as exc:
         logger.info("broker %s:%d unreachable: %s", broker.host, broker.port, exc)
     return False

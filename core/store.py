@@ -382,11 +382,25 @@ def m004_nursing(db: sqlite_utils.Database) -> None:
     """ + _append_only("contacts"))
 
 
+def m005_security(db: sqlite_utils.Database) -> None:
+    """Staff and their roles (telemon.roles): who may change what. A member leaving is
+    deleted; the audit log keeps who added and removed them, and when."""
+    db.executescript("""
+        CREATE TABLE staff (
+            name TEXT PRIMARY KEY,         -- as they sign changes (--by, TELEMON_USER)
+            role TEXT NOT NULL CHECK (role IN ('nurse', 'team_lead', 'administrator')),
+            added TEXT NOT NULL,
+            added_by TEXT NOT NULL
+        );
+    """)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
     m002_quarantine_source,
     m003_central,
     m004_nursing,
+    m005_security,
 ]
 """Applied in this order, each once. Append only; never edit one that has been released.
 A migration runs inside a transaction, so it uses statements valid there (plain SQL DDL)."""

@@ -21,6 +21,7 @@ from telemon.models import (
     AbsentReason,
     Answer,
     Component,
+    ConsentEvent,
     Evaluation,
     LimitSet,
     Observation,
@@ -427,6 +428,7 @@ def test_a_server_error_fails_the_batch_and_the_cursor_stays(server, tmp_path):
 
     db = store.open_database(store.central_database_path(tmp_path / "central"))
     store.store_observations(db, [SPO2])
+    consent_to_national_export(db)
     result = export_one(db, EXPORTER, {"url": server.url})
     assert result.delivered == 0 and "HTTP 500" in result.error
     assert cursor_positions(db, "fhir")["observations"] == 0
@@ -443,11 +445,20 @@ def test_an_unreachable_server_fails_the_batch_with_the_reason():
 # --- through the runner, from the database --------------------------------------------------
 
 
+def consent_to_national_export(db) -> None:
+    """The runner hands FHIR only the records of patients consenting to national export."""
+    store.store_record(db, ConsentEvent(id="consent-1", patient="p-0001",
+                                        purpose="national-export", granted=True,
+                                        at=datetime(2026, 1, 1, tzinfo=UTC),
+                                        recorded_by="Test Nurse"))
+
+
 def test_the_runner_exports_stored_observations_with_their_stored_limits(tmp_path):
     db = store.open_database(store.central_database_path(tmp_path / "central"))
     store.store_observations(db, [SPO2, WEIGHT])
     store.store_record(db, QR)
     store.store_evaluations(db, [evaluation(SPO2, "spo2", "yellow", SPO2_LIMITS)])
+    consent_to_national_export(db)
     out = tmp_path / "fhir"
     result = export_one(db, EXPORTER, {"directory": str(out)})
     assert (result.delivered, result.error) == (3, None)

@@ -16,7 +16,14 @@ from conftest import SHARED_DATA
 from telemon import store
 from telemon.codes import KNOWN
 from telemon.export import ExportError, export_one, id_root
-from telemon.models import AbsentReason, Component, Evaluation, LimitSet, Observation
+from telemon.models import (
+    AbsentReason,
+    Component,
+    ConsentEvent,
+    Evaluation,
+    LimitSet,
+    Observation,
+)
 from telemon.plugins.exporters.phmr import EXPORTER, open_target
 
 V3 = "{urn:hl7-org:v3}"
@@ -270,6 +277,10 @@ def test_a_file_that_is_not_our_document_is_not_overwritten(tmp_path):
 def test_the_runner_exports_stored_readings(tmp_path):
     db = store.open_database(store.central_database_path(tmp_path / "central"))
     store.store_observations(db, [SPO2, WEIGHT])
+    # the runner hands PHMR only the records of patients consenting to sharing with the GP
+    store.store_record(db, ConsentEvent(id="consent-1", patient="p-0001", purpose="share-gp",
+                                        granted=True, at=datetime(2026, 1, 1, tzinfo=UTC),
+                                        recorded_by="Test Nurse"))
     out = tmp_path / "phmr"
     result = export_one(db, EXPORTER, {"directory": str(out), "custodian_sor": "123456789012"})
     assert (result.delivered, result.error) == (2, None)

@@ -25,7 +25,14 @@ from telemon.export import (
     run_exports,
 )
 from telemon.exporters import Exporter, Option
-from telemon.models import Answer, Evaluation, LimitSet, Observation, QuestionnaireResponse
+from telemon.models import (
+    Answer,
+    ConsentEvent,
+    Evaluation,
+    LimitSet,
+    Observation,
+    QuestionnaireResponse,
+)
 from telemon.plugin_manager import Registry
 from telemon.plugins.exporters.csv import EXPORTER as CSV
 
@@ -283,7 +290,7 @@ def test_export_run_prints_counts_and_cursors(tmp_path):
     result = CliRunner().invoke(export_group, ["run", "--config", str(path), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"exporters": {"csv": {
-        "delivered": 0, "error": None,
+        "delivered": 0, "skipped": 0, "error": None,
         "cursors": {"observations": obs_rowid, "questionnaire_responses": 0}}}}
 
 
@@ -323,6 +330,10 @@ def test_fhir_and_phmr_run_from_a_central_config(db, tmp_path):
 
     store.store_observations(db, [observation(1), observation(2)])
     store.store_record(db, questionnaire(1))
+    for purpose in ("national-export", "share-gp"):  # the consents FHIR and PHMR need
+        store.store_record(db, ConsentEvent(id=f"consent-{purpose}", patient="p-0001",
+                                            purpose=purpose, granted=True, at=T0,
+                                            recorded_by="Test Nurse"))
     registry = Registry(exporters={"fhir": FHIR, "phmr": PHMR})
     _, cfg = central_config(tmp_path, registry, f"""
         [exporters.fhir]

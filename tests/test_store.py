@@ -328,7 +328,8 @@ def test_migrations_run_on_an_old_database(path):
                 ["2024-01-01T00:00:00.000000+00:00", "bad frame", b"\x01\x02"])
     assert "source" not in old["quarantine"].columns_dict
 
-    assert store.migrate(old) == ["m002_quarantine_source", "m003_central", "m004_nursing"]
+    assert store.migrate(old) == ["m002_quarantine_source", "m003_central", "m004_nursing",
+                                  "m005_security"]
     assert "source" in old["quarantine"].columns_dict
     assert list(old["quarantine"].rows) == [{
         "id": 1, "received": "2024-01-01T00:00:00.000000+00:00", "reason": "bad frame",
@@ -337,7 +338,8 @@ def test_migrations_run_on_an_old_database(path):
     assert msgspec.structs.replace(survivor, received=None) == obs()
     assert store.migrate(old) == []
     applied = [r[0] for r in old.execute("SELECT name FROM _migrations ORDER BY name")]
-    assert applied == ["m001_initial", "m002_quarantine_source", "m003_central", "m004_nursing"]
+    assert applied == ["m001_initial", "m002_quarantine_source", "m003_central", "m004_nursing",
+                       "m005_security"]
     assert {"patients", "audit", "evaluations", "export_cursors"} <= set(old.table_names())
     old.close()
 

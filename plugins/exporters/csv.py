@@ -92,6 +92,7 @@ EXPORTER = Exporter(
     description="CSV files per patient and measure, one row per value",
     open=open_target,
     options={"directory": Option("str", "folder the CSV files are written to", required=True)},
+    purpose=None,  # the organisation's own files, as its database: no consent beyond monitoring
 )
 
 

@@ -321,6 +321,9 @@ EXPORTER = Exporter(
         "url": Option("str", "FHIR base URL each Bundle is POSTed to as a transaction"),
         "timeout": Option("float", "seconds to wait for the FHIR server", default=30.0),
     },
+    # the Bundles go to the national telemedicine infrastructure, outside the organisation:
+    # only for citizens who consent to national export (docs/roles-and-consent.md)
+    purpose="national-export",
 )
 
 

@@ -447,6 +447,10 @@ EXPORTER = Exporter(
                            default="Europe/Copenhagen"),
         "custodian_sor": Option("str", "SOR code of the organisation keeping the documents"),
     },
+    # MedCom's PHMR is a document sent to a clinician outside the organisation; telemon's
+    # choice of receiver is the citizen's GP, so it needs that consent (a hospital receiver
+    # would need "share-hospital": docs/roles-and-consent.md)
+    purpose="share-gp",
 )
 
 
