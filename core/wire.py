@@ -93,7 +93,7 @@ def decode_message(payload: bytes) -> Decoded:
     """All records of a message (one record or a batch); a WireError for each bad part."""
     try:
         head = _head_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Decoded([], [_error(exc)])
     if head.v != VERSION:
         reason = "missing wire version `v`" if head.v is None else (
@@ -109,7 +109,7 @@ def decode_message(payload: bytes) -> Decoded:
             return Decoded([], [_error(exc)])
     try:
         batch = _batch_decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         return Decoded([], [_error(exc)])
     records, errors = [], []
     for index, item in enumerate(batch.items):
@@ -124,6 +124,9 @@ def decode_message(payload: bytes) -> Decoded:
 
 def _error(exc: Exception, prefix: str = "$") -> WireError:
     """Turn msgspec's 'reason - at `$.x`' (or a model's own ValueError) into a WireError."""
+    if isinstance(exc, UnicodeDecodeError):  # msgspec raises it, without a path, for a string
+        # whose bytes are not UTF-8 (found by fuzz/run.py)
+        return WireError(f"a string is not valid UTF-8 ({exc.reason})", prefix)
     text = str(exc)
     reason, sep, path = text.rpartition(" - at `")
     if not sep:
