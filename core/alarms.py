@@ -178,13 +178,8 @@ class AlarmEngine:
     def limits_in_force(self, patient: str, module: str, key: str,
                         at: datetime) -> tuple[LimitSet, str] | None:
         """The limits a reading of `key` at `at` is checked against, with their source."""
-        if own := self.directory.patient_limits(patient, key, at):
-            return own
-        configured = self.config.modules.get(module)
-        if configured is not None and key in configured.limits:
-            return configured.limits[key], "organisation"
-        default = self.modules[module].default_limits.get(key)
-        return None if default is None else (default, "module")
+        return (self.directory.patient_limits(patient, key, at)
+                or shared_limits(self.config, self.modules[module], key))
 
     def evaluate_new(self, observations: Sequence[Observation],
                      responses: Sequence[QuestionnaireResponse], now: datetime) -> Outcome:
@@ -465,6 +460,17 @@ def _transition(db: sqlite_utils.Database, alarm_id: str, state: str, allowed: t
         store.audit(db, actor=by, action=f"alarm.{state}", patient=alarm.patient,
                     alarm=alarm_id, note=note)
     return updated
+
+
+def shared_limits(config: CentralConfig, module: DiseaseModule,
+                  key: str) -> tuple[LimitSet, str] | None:
+    """The limits of a module's code for patients without their own: the organisation's
+    (central.toml), else the module's defaults; with their source."""
+    configured = config.modules.get(module.name)
+    if configured is not None and key in configured.limits:
+        return configured.limits[key], "organisation"
+    default = module.default_limits.get(key)
+    return None if default is None else (default, "module")
 
 
 # --- triage ----------------------------------------------------------------------------------

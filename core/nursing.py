@@ -465,18 +465,13 @@ def limit_choices(db: sqlite_utils.Database, config: CentralConfig,
         module = modules.get(name)
         if module is None:  # a module since uninstalled: its readings stay, not its limits
             continue
-        configured = config.modules.get(name)
         for key in module.codes:
             if key in choices:
                 continue
             if key in own:
                 found = (own[key].limits, f"patient v{own[key].version}")
-            elif configured is not None and key in configured.limits:
-                found = (configured.limits[key], "organisation")
-            elif key in module.default_limits:
-                found = (module.default_limits[key], "module")
             else:
-                found = (None, "none")
+                found = alarms.shared_limits(config, module, key) or (None, "none")
             choices[key] = LimitChoice(key, name, *found)
     return list(choices.values())
 

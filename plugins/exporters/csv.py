@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC
@@ -20,6 +19,7 @@ from typing import Any
 
 from telemon import __version__
 from telemon.codes import lookup
+from telemon.export import write_atomically
 from telemon.exporters import Exporter, Option
 from telemon.hookspecs import hookimpl
 from telemon.models import Code, Observation, Record
@@ -70,13 +70,7 @@ class CsvTarget:
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(sorted(existing + added, key=lambda r: (r["effective"], r["id"])))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, buffer.getvalue().encode("utf-8"))
 
     def close(self) -> None:
         pass
