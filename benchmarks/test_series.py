@@ -3,6 +3,10 @@ same year of irregular SpO2 (525,600 samples, 1 % NaN), in the same run. Report 
 absolute times. Every peer's result is checked against the compiled one, so each row is the
 same work (or says where a peer does less).
 
+A second set of groups ("5,000 samples, alarm engine size") runs rolling, EWMA and MACD on
+the first MAX_SERIES samples: the most readings the alarm engine hands a trend rule, where
+per-call costs (checks, allocation) weigh as much as the loop.
+
 pandas is optional (`pip install telemon[bench]`); its rows are skipped without it. NumPy has
 no recurrence primitive, so for EWMA, MACD and CUSUM the NumPy peer is the reference itself (a
 Python loop over a NumPy array).
@@ -12,6 +16,7 @@ import numpy as np
 import pytest
 
 from telemon import dsp
+from telemon.alarms import MAX_SERIES
 from telemon.cext import series_reference as reference
 
 compiled = pytest.importorskip("telemon.cext._series", reason="compiled kernels not built")
@@ -38,6 +43,21 @@ def spo2_times(spo2_series):
 def spo2_pandas(spo2_times, spo2_series):
     pd = pytest.importorskip("pandas")
     return pd.Series(spo2_series, index=pd.to_datetime(spo2_times, unit="s"))
+
+
+@pytest.fixture(scope="session")
+def engine_times(spo2_times):
+    return spo2_times[:MAX_SERIES].copy()
+
+
+@pytest.fixture(scope="session")
+def engine_series(spo2_series):
+    return spo2_series[:MAX_SERIES].copy()
+
+
+@pytest.fixture(scope="session")
+def engine_pandas(spo2_pandas):
+    return spo2_pandas.iloc[:MAX_SERIES].copy()
 
 
 def assert_close(got, want, rtol=1e-9):
@@ -142,8 +162,10 @@ def test_ewma_telemon_dsp_api(benchmark, spo2_times, spo2_series):
 
 @pytest.mark.benchmark(group=EWMA)
 def test_ewma_reference_python_loop(benchmark, spo2_series):
+    """The NumPy peer: NumPy has no recurrence primitive. The compiled EWMA runs in
+    segments and agrees to rounding (1e-12 of the values' scale, see the suite)."""
     result = benchmark.pedantic(reference.ewma, args=(spo2_series, ALPHA), rounds=3)
-    np.testing.assert_array_equal(result, compiled.ewma(spo2_series, ALPHA))
+    assert_close(result, compiled.ewma(spo2_series, ALPHA), rtol=1e-12)
 
 
 @pytest.mark.benchmark(group=EWMA)
@@ -177,19 +199,20 @@ def test_macd_reference_python_loop(benchmark, spo2_series):
         np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.benchmark(group=MACD)
-def test_macd_pandas(benchmark, spo2_pandas, spo2_series):
+def pandas_macd(series):
     """Three ewm(); the signal line skips NaN samples as telemon does (ignore_na on the MACD
     line masked where the value is NaN)."""
 
-    def pandas_macd(series):
-        def ema(s, span):
-            return s.ewm(span=span, adjust=False, ignore_na=True).mean()
+    def ema(s, span):
+        return s.ewm(span=span, adjust=False, ignore_na=True).mean()
 
-        line = ema(series, FAST) - ema(series, SLOW)
-        signal = ema(line.where(series.notna()), SIGNAL)
-        return line, signal, line - signal
+    line = ema(series, FAST) - ema(series, SLOW)
+    signal = ema(line.where(series.notna()), SIGNAL)
+    return line, signal, line - signal
 
+
+@pytest.mark.benchmark(group=MACD)
+def test_macd_pandas(benchmark, spo2_pandas, spo2_series):
     result = benchmark(pandas_macd, spo2_pandas)
     for got, expected in zip(result, compiled.macd(spo2_series, *MACD_ALPHAS), strict=True):
         assert_close(got.to_numpy(), expected, rtol=1e-9)
@@ -218,4 +241,98 @@ def test_cusum_telemon_dsp_api(benchmark, spo2_times, spo2_series):
 def test_cusum_reference_python_loop(benchmark, spo2_series):
     result = benchmark.pedantic(reference.cusum, args=(spo2_series, *CUSUM_ARGS), rounds=1)
     for got, expected in zip(result, compiled.cusum(spo2_series, *CUSUM_ARGS), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+# --- the alarm engine's working size: 5,000 samples ----------------------------------------------
+
+ENGINE = f"{MAX_SERIES:,} samples, alarm engine size"
+ROLLING_ENGINE = f"rolling 3-day count/mean/SD/min/max, {ENGINE}"
+EWMA_ENGINE = f"EWMA span 12, {ENGINE}"
+MACD_ENGINE = f"MACD 12/26/9, {ENGINE}"
+
+
+@pytest.mark.benchmark(group=ROLLING_ENGINE)
+def test_engine_rolling_compiled(benchmark, engine_times, engine_series):
+    result = benchmark(compiled.rolling, engine_times, engine_series, WINDOW)
+    assert result[0].max() > 3000
+
+
+@pytest.mark.benchmark(group=ROLLING_ENGINE)
+def test_engine_rolling_telemon_dsp_api(benchmark, engine_times, engine_series):
+    result = benchmark(dsp.rolling, engine_times, engine_series, window=WINDOW)
+    for got, expected in zip(result, compiled.rolling(engine_times, engine_series, WINDOW),
+                             strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=ROLLING_ENGINE)
+def test_engine_rolling_pandas(benchmark, engine_pandas, engine_times, engine_series):
+    def pandas_rolling(series):
+        window = series.rolling("3D")
+        return window.count(), window.mean(), window.std(), window.min(), window.max()
+
+    result = benchmark(pandas_rolling, engine_pandas)
+    want = compiled.rolling(engine_times, engine_series, WINDOW)
+    for got, expected in zip(result, want, strict=True):
+        assert_close(got.to_numpy(), expected)
+
+
+@pytest.mark.benchmark(group=ROLLING_ENGINE)
+def test_engine_rolling_numpy_cumsum(benchmark, engine_times, engine_series):
+    result = benchmark(numpy_rolling, engine_times, engine_series, WINDOW)
+    want = compiled.rolling(engine_times, engine_series, WINDOW)
+    np.testing.assert_array_equal(result[0], want[0])
+    assert_close(result[1], want[1])
+    assert_close(result[2], want[2], rtol=1e-7)
+
+
+@pytest.mark.benchmark(group=EWMA_ENGINE)
+def test_engine_ewma_compiled(benchmark, engine_series):
+    benchmark(compiled.ewma, engine_series, ALPHA)
+
+
+@pytest.mark.benchmark(group=EWMA_ENGINE)
+def test_engine_ewma_telemon_dsp_api(benchmark, engine_times, engine_series):
+    result = benchmark(dsp.ewma, engine_times, engine_series, span=FAST)
+    np.testing.assert_array_equal(result, compiled.ewma(engine_series, ALPHA))
+
+
+@pytest.mark.benchmark(group=EWMA_ENGINE)
+def test_engine_ewma_pandas(benchmark, engine_pandas, engine_series):
+    result = benchmark(lambda s: s.ewm(span=FAST, adjust=False, ignore_na=True).mean(),
+                       engine_pandas)
+    assert_close(result.to_numpy(), compiled.ewma(engine_series, ALPHA), rtol=1e-12)
+
+
+@pytest.mark.benchmark(group=EWMA_ENGINE)
+def test_engine_ewma_reference_python_loop(benchmark, engine_series):
+    result = benchmark(reference.ewma, engine_series, ALPHA)
+    assert_close(result, compiled.ewma(engine_series, ALPHA), rtol=1e-12)
+
+
+@pytest.mark.benchmark(group=MACD_ENGINE)
+def test_engine_macd_compiled(benchmark, engine_series):
+    benchmark(compiled.macd, engine_series, *MACD_ALPHAS)
+
+
+@pytest.mark.benchmark(group=MACD_ENGINE)
+def test_engine_macd_telemon_dsp_api(benchmark, engine_times, engine_series):
+    result = benchmark(dsp.macd, engine_times, engine_series, fast=FAST, slow=SLOW,
+                       signal=SIGNAL)
+    for got, expected in zip(result, compiled.macd(engine_series, *MACD_ALPHAS), strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=MACD_ENGINE)
+def test_engine_macd_pandas(benchmark, engine_pandas, engine_series):
+    result = benchmark(pandas_macd, engine_pandas)
+    for got, expected in zip(result, compiled.macd(engine_series, *MACD_ALPHAS), strict=True):
+        assert_close(got.to_numpy(), expected, rtol=1e-9)
+
+
+@pytest.mark.benchmark(group=MACD_ENGINE)
+def test_engine_macd_reference_python_loop(benchmark, engine_series):
+    result = benchmark(reference.macd, engine_series, *MACD_ALPHAS)
+    for got, expected in zip(result, compiled.macd(engine_series, *MACD_ALPHAS), strict=True):
         np.testing.assert_array_equal(got, expected)

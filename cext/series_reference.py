@@ -1,8 +1,8 @@
 """NumPy reference of the compiled series kernels (_series.pyx): same functions, same answers.
 
 This file is the specification. It is written to be read, not to be fast: the compiled twin in
-_series.pyx must give the same answers (exactly, except the rolling mean and SD, which agree
-to rounding because the compiled code updates them incrementally). Selected with
+_series.pyx must give the same answers (exactly, except the rolling mean and SD and the EWMA,
+which agree to rounding because the compiled code computes them differently). Selected with
 TELEMON_PUREPYTHON=1; the suite runs both ways and compares them directly.
 
 Conventions shared by every kernel (telemon.dsp checks them before calling):
