@@ -44,7 +44,7 @@ from telemon import config, mqtt, plugin_manager, store, wire
 from telemon.backoff import Backoff
 from telemon.central import Central
 from telemon.codes import KNOWN
-from telemon.models import Enrolment, Observation
+from telemon.models import Enrolment, Observation, reading_id
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mosquitto import Mosquitto  # the tests' broker fixture class
@@ -60,10 +60,16 @@ _numbers = itertools.count()
 
 
 def reading(patient: int, value: str = "95") -> Observation:
+    """A reading with its id made as the edge makes it (a UUIDv5 of what identifies it):
+    random to the database's index, as in production."""
     n = next(_numbers)
-    return Observation(id=f"bench-{n}", patient=f"p-{patient:04d}", device="dev-1",
+    effective = T0 + timedelta(seconds=n % 80000)
+    raw = n.to_bytes(8, "big")
+    return Observation(id=reading_id(device="dev-1", patient=f"p-{patient:04d}",
+                                     code=KNOWN["spo2"].code.code, effective=effective, raw=raw),
+                       patient=f"p-{patient:04d}", device="dev-1",
                        gateway=f"gw-{patient % GATEWAYS}", code=KNOWN["spo2"].code, unit="%",
-                       value=Decimal(value), effective=T0 + timedelta(seconds=n % 80000))
+                       value=Decimal(value), effective=effective, raw=raw)
 
 
 def payloads(shape: str) -> list[tuple[str, bytes]]:

@@ -99,6 +99,19 @@ class AuditEntry:
     patient: str | None
     detail: dict[str, Any]
 
+    @property
+    def why(self) -> str:
+        """Why: a change's reason (an alarm's or contact's note), a read's purpose; "" if
+        none was given."""
+        for key in WHY_KEYS:
+            if isinstance(value := self.detail.get(key), str) and value.strip():
+                return value.strip()
+        return ""
+
+
+WHY_KEYS = ("reason", "note", "purpose")
+"""The audit detail keys that say why, in the order `AuditEntry.why` looks for them."""
+
 
 # --- checks ---------------------------------------------------------------------------------
 
@@ -113,16 +126,25 @@ def _check_id(value: str, what: str) -> str:
     return value
 
 
-def _require(db: sqlite_utils.Database, actor: str, right: str, attempted: str,
-             patient: str | None = None) -> None:
+def audit(db: sqlite_utils.Database, *, actor: str, action: str, patient: str | None = None,
+          **detail: object) -> int:
+    """store.audit with what the operating system authenticated beside the claimed actor
+    (roles.identity: under sudo, who ran it); call it inside the change's transaction."""
+    if found := roles.identity():
+        detail["identity"] = found
+    return store.audit(db, actor=actor, action=action, patient=patient, **detail)
+
+
+def require(db: sqlite_utils.Database, actor: str, right: str, attempted: str,
+            patient: str | None = None) -> None:
     """Refuse, audited, unless the actor's role holds `right` (telemon.roles). Call it before
     the change's transaction: the audit entry of a refusal must outlive the refusal."""
     if patient is not None:
         _check_id(patient, "patient")  # a CPR number typed by mistake is never audited
     reason = roles.missing_right(db, actor, right)
     if reason is not None:
-        store.audit(db, actor=actor, action="refused", patient=patient, right=right,
-                    attempted=attempted)
+        audit(db, actor=actor, action="refused", patient=patient, right=right,
+              attempted=attempted)
         raise Refused(f"refused: {reason}")
 
 
@@ -167,9 +189,10 @@ def _check_limits(code_key: str, limits: LimitSet) -> None:
 def add_patient(db: sqlite_utils.Database, *, patient: str, organisation: str,
                 display_name: str, timezone: str, modules: Collection[str],
                 gateways: Collection[str] = (), actor: str,
-                installed_modules: Collection[str]) -> Patient:
-    """Enrol a new patient: their row in `patients` and their Enrolment, audited."""
-    _require(db, actor, "enrolment.change", "patient.add", patient)
+                installed_modules: Collection[str], reason: str = "") -> Patient:
+    """Enrol a new patient: their row in `patients` and their Enrolment, audited with the
+    reason (the referral)."""
+    require(db, actor, "enrolment.change", "patient.add", patient)
     for gateway in gateways:
         _check_id(gateway, "gateway")
     if not display_name.strip():
@@ -189,9 +212,9 @@ def add_patient(db: sqlite_utils.Database, *, patient: str, organisation: str,
         store.store_record(db, Enrolment(patient=patient, organisation=organisation,
                                          modules=modules, gateways=gateways, enrolled=now))
         # the display name stays in `patients` only: the audit says that it was set
-        store.audit(db, actor=actor, action="patient.add", patient=patient,
-                    organisation=organisation, timezone=zone.key, modules=modules,
-                    gateways=gateways)
+        audit(db, actor=actor, action="patient.add", patient=patient,
+              organisation=organisation, timezone=zone.key, modules=modules,
+              gateways=gateways, reason=reason.strip())
     return get_patient(db, patient)
 
 
@@ -233,13 +256,15 @@ def list_patients(db: sqlite_utils.Database, organisation: str,
 
 
 def show_patient(db: sqlite_utils.Database, patient: str, *, actor: str,
-                 at: datetime | None = None) -> PatientOverview:
-    """The patient with the limits and consent in force at `at` (now), audited as a read."""
-    _require(db, actor, "patient.read", "patient.show", patient)
+                 at: datetime | None = None, purpose: str = "") -> PatientOverview:
+    """The patient with the limits and consent in force at `at` (now), audited as a read
+    (with its purpose, when one is given: a read needs none)."""
+    require(db, actor, "patient.read", "patient.show", patient)
     with store.transaction(db):
         overview = PatientOverview(get_patient(db, patient), limits_in_force(db, patient, at),
                                    consent_in_force(db, patient))
-        store.audit(db, actor=actor, action="patient.show", patient=patient)
+        audit(db, actor=actor, action="patient.show", patient=patient,
+              **({"purpose": purpose.strip()} if purpose.strip() else {}))
     return overview
 
 
@@ -250,7 +275,7 @@ def set_limits(db: sqlite_utils.Database, *, patient: str, code_key: str, limits
                reason: str, actor: str, valid_from: datetime | None = None) -> LimitVersion:
     """Add the next version of a patient's limits for one code (versions are never
     overwritten: the current one ends when this one starts); audited with before/after."""
-    _require(db, actor, "limits.set", "limits.set", patient)
+    require(db, actor, "limits.set", "limits.set", patient)
     if code_key not in KNOWN:
         raise _unknown_code(code_key)
     _check_limits(code_key, limits)
@@ -269,10 +294,10 @@ def set_limits(db: sqlite_utils.Database, *, patient: str, code_key: str, limits
                 author=actor, reason=reason))
         except ValueError as exc:  # starts before the current version
             raise AdminError(str(exc)) from None
-        store.audit(db, actor=actor, action="limits.set", patient=patient, code=code_key,
-                    version=stored.version, valid_from=stored.valid_from.astimezone(UTC),
-                    before=history[-1].limits if history else None, after=limits,
-                    reason=reason)
+        audit(db, actor=actor, action="limits.set", patient=patient, code=code_key,
+              version=stored.version, valid_from=stored.valid_from.astimezone(UTC),
+              before=history[-1].limits if history else None, after=limits,
+              reason=reason)
     return stored
 
 
@@ -290,6 +315,87 @@ def limits_in_force(db: sqlite_utils.Database, patient: str,
     at = at or datetime.now(UTC)
     return [v for v in limit_versions(db, patient)
             if v.valid_from <= at and (v.valid_to is None or at < v.valid_to)]
+
+
+# --- the organisation's default limits ------------------------------------------------------
+
+
+def set_default_limits(db: sqlite_utils.Database, *, organisation: str, module: str,
+                       code_key: str, limits: LimitSet, reason: str, actor: str,
+                       installed_modules: Mapping[str, DiseaseModule],
+                       valid_from: datetime | None = None) -> store.DefaultLimits:
+    """Add the next version of the organisation's default limits for one code of a module:
+    what its patients without limits of their own are checked against from `valid_from`
+    (now) on, instead of the module's defaults. A team lead's right (limits.defaults);
+    versions are never overwritten; audited with before/after and the reason."""
+    require(db, actor, "limits.defaults", "limits.defaults.set")
+    found = installed_modules.get(_check_module(module, installed_modules))
+    if code_key not in KNOWN:
+        raise _unknown_code(code_key)
+    if found is not None and code_key not in found.codes:
+        raise InvalidInput(f"module {module} does not measure {code_key} (its codes: "
+                           f"{', '.join(found.codes)})")
+    _check_limits(code_key, limits)
+    if not reason.strip():
+        raise InvalidInput("a reason is required for new default limits (it is kept with "
+                           "them)")
+    valid_from = valid_from or datetime.now(UTC)
+    if valid_from.tzinfo is None:
+        raise InvalidInput("valid_from needs a time zone")
+    with store.transaction(db):
+        history = [v for v in store.default_limit_history(db, organisation, module)
+                   if code_key_of(v) == code_key]
+        try:
+            stored = store.store_default_limits(db, store.DefaultLimits(
+                organisation=organisation, module=module, code=KNOWN[code_key].code,
+                limits=limits, valid_from=valid_from, author=actor, reason=reason.strip()))
+        except ValueError as exc:  # starts before the current version
+            raise AdminError(str(exc)) from None
+        before = history[-1].limits if history else (
+            found.default_limits.get(code_key) if found else None)
+        audit(db, actor=actor, action="limits.defaults.set", module=module, code=code_key,
+              version=stored.version, valid_from=stored.valid_from.astimezone(UTC),
+              before=before, before_source=f"organisation v{history[-1].version}"
+              if history else "module", after=limits, reason=reason.strip())
+    return stored
+
+
+def code_key_of(version: store.DefaultLimits | LimitVersion) -> str:
+    """The measure key (spo2) of a limits version."""
+    return code_key(version.code)
+
+
+def default_limits_in_force(db: sqlite_utils.Database, organisation: str,
+                            modules: Mapping[str, DiseaseModule],
+                            at: datetime | None = None) -> list[DefaultRow]:
+    """Each code of each of `modules` with the limits a patient without their own is checked
+    against at `at` (now): the organisation's version then valid, else the module's."""
+    at = at or datetime.now(UTC)
+    current: dict[tuple[str, str], store.DefaultLimits] = {}
+    for version in store.default_limit_history(db, organisation):
+        if version.valid_from <= at and (version.valid_to is None or at < version.valid_to):
+            current[(version.module, code_key_of(version))] = version
+    rows = []
+    for name, module in sorted(modules.items()):
+        for key in module.codes:
+            version = current.get((name, key))
+            if version is not None:
+                rows.append(DefaultRow(name, key, version.limits,
+                                       f"organisation v{version.version}", version))
+            elif key in module.default_limits:
+                rows.append(DefaultRow(name, key, module.default_limits[key], "module", None))
+    return rows
+
+
+@dataclass(frozen=True)
+class DefaultRow:
+    """A module's code with the shared limits in force: the organisation's or the module's."""
+
+    module: str
+    code: str
+    limits: LimitSet
+    source: str  # "organisation v<N>" or "module"
+    version: store.DefaultLimits | None
 
 
 def code_key(code: Code) -> str:
@@ -311,22 +417,24 @@ def describe_limits(limits: LimitSet) -> str:
 
 
 def _change_enrolment(db: sqlite_utils.Database, *, patient: str, actor: str, action: str,
-                      change: Callable[[Enrolment], Enrolment], **detail: object) -> Enrolment:
+                      change: Callable[[Enrolment], Enrolment], reason: str,
+                      **detail: object) -> Enrolment:
     """Store the enrolment `change` makes of the patient's current one, audited with its
-    modules and gateways before and after."""
-    _require(db, actor, "enrolment.change", action, patient)
+    modules and gateways before and after, and the reason."""
+    require(db, actor, "enrolment.change", action, patient)
     with store.transaction(db):
         before = get_patient(db, patient).enrolment
         after = change(before)
         store.store_record(db, after)
-        store.audit(db, actor=actor, action=action, patient=patient, **detail,
-                    before={"modules": before.modules, "gateways": before.gateways},
-                    after={"modules": after.modules, "gateways": after.gateways})
+        audit(db, actor=actor, action=action, patient=patient, **detail,
+              before={"modules": before.modules, "gateways": before.gateways},
+              after={"modules": after.modules, "gateways": after.gateways},
+              reason=reason.strip())
     return after
 
 
 def enable_module(db: sqlite_utils.Database, *, patient: str, module: str, actor: str,
-                  installed_modules: Collection[str]) -> Enrolment:
+                  installed_modules: Collection[str], reason: str = "") -> Enrolment:
     """Monitor the patient with one more disease module."""
     _check_module(module, installed_modules)
 
@@ -336,11 +444,11 @@ def enable_module(db: sqlite_utils.Database, *, patient: str, module: str, actor
         return msgspec.structs.replace(enrolment, modules=(*enrolment.modules, module))
 
     return _change_enrolment(db, patient=patient, actor=actor, action="module.enable",
-                             change=change, module=module)
+                             change=change, module=module, reason=reason)
 
 
 def disable_module(db: sqlite_utils.Database, *, patient: str, module: str,
-                   actor: str) -> Enrolment:
+                   actor: str, reason: str = "") -> Enrolment:
     """Stop monitoring the patient with a module (no installed check: a module since
     uninstalled can still be switched off)."""
     def change(enrolment: Enrolment) -> Enrolment:
@@ -351,11 +459,11 @@ def disable_module(db: sqlite_utils.Database, *, patient: str, module: str,
             enrolment, modules=tuple(m for m in enrolment.modules if m != module))
 
     return _change_enrolment(db, patient=patient, actor=actor, action="module.disable",
-                             change=change, module=module)
+                             change=change, module=module, reason=reason)
 
 
 def bind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
-                 actor: str) -> Enrolment:
+                 actor: str, reason: str = "") -> Enrolment:
     """Let a gateway report for the patient. A gateway may serve several patients of one
     home, and a patient may have several gateways."""
     _check_id(gateway, "gateway")
@@ -366,11 +474,11 @@ def bind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
         return msgspec.structs.replace(enrolment, gateways=(*enrolment.gateways, gateway))
 
     return _change_enrolment(db, patient=patient, actor=actor, action="gateway.bind",
-                             change=change, gateway=gateway)
+                             change=change, gateway=gateway, reason=reason)
 
 
 def unbind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
-                   actor: str) -> Enrolment:
+                   actor: str, reason: str = "") -> Enrolment:
     """Stop a gateway reporting for the patient."""
     def change(enrolment: Enrolment) -> Enrolment:
         if gateway not in enrolment.gateways:
@@ -380,16 +488,17 @@ def unbind_gateway(db: sqlite_utils.Database, *, patient: str, gateway: str,
             enrolment, gateways=tuple(g for g in enrolment.gateways if g != gateway))
 
     return _change_enrolment(db, patient=patient, actor=actor, action="gateway.unbind",
-                             change=change, gateway=gateway)
+                             change=change, gateway=gateway, reason=reason)
 
 
 # --- consent and audit ----------------------------------------------------------------------
 
 
 def record_consent(db: sqlite_utils.Database, *, patient: str, purpose: str, granted: bool,
-                   actor: str) -> ConsentEvent:
-    """Append a consent given or withdrawn (consent is this stream of events, not a flag)."""
-    _require(db, actor, "consent.record", "consent.record", patient)
+                   actor: str, reason: str = "") -> ConsentEvent:
+    """Append a consent given or withdrawn (consent is this stream of events, not a flag),
+    audited with the reason (how it was given: signed form, by phone)."""
+    require(db, actor, "consent.record", "consent.record", patient)
     if purpose not in CONSENT_PURPOSES:
         raise InvalidInput(f"unknown consent purpose {purpose!r} (purposes: "
                            f"{', '.join(CONSENT_PURPOSES)})")
@@ -398,8 +507,8 @@ def record_consent(db: sqlite_utils.Database, *, patient: str, purpose: str, gra
     with store.transaction(db):
         get_patient(db, patient)
         store.store_record(db, event)
-        store.audit(db, actor=actor, action="consent.grant" if granted else "consent.withdraw",
-                    patient=patient, purpose=purpose, event=event.id)
+        audit(db, actor=actor, action="consent.grant" if granted else "consent.withdraw",
+              patient=patient, purpose=purpose, event=event.id, reason=reason.strip())
     return event
 
 
@@ -413,7 +522,7 @@ def consent_in_force(db: sqlite_utils.Database, patient: str) -> dict[str, Conse
 
 
 def add_staff(db: sqlite_utils.Database, *, name: str, role: str,
-              actor: str) -> roles.StaffMember:
+              actor: str, reason: str = "") -> roles.StaffMember:
     """Register a staff member with a role. The first one must be an administrator: adding
     them switches the rights checks on, and someone must be able to add the others."""
     name = name.strip()
@@ -421,7 +530,7 @@ def add_staff(db: sqlite_utils.Database, *, name: str, role: str,
         raise InvalidInput("a staff name is 1 to 64 printable characters")
     if role not in roles.ROLES:
         raise InvalidInput(f"unknown role {role!r} (roles: {', '.join(roles.ROLES)})")
-    _require(db, actor, "staff.manage", "staff.add")
+    require(db, actor, "staff.manage", "staff.add")
     now = datetime.now(UTC)
     with store.transaction(db):
         if (current := roles.role_of(db, name)) is not None:
@@ -431,14 +540,16 @@ def add_staff(db: sqlite_utils.Database, *, name: str, role: str,
                              "add the others)")
         db.execute("INSERT INTO staff (name, role, added, added_by) VALUES (?, ?, ?, ?)",
                    [name, role, store.utc_text(now), actor])
-        store.audit(db, actor=actor, action="staff.add", name=name, role=role)
+        audit(db, actor=actor, action="staff.add", name=name, role=role,
+              reason=reason.strip())
     return roles.StaffMember(name, role, now, actor)
 
 
-def remove_staff(db: sqlite_utils.Database, *, name: str, actor: str) -> None:
+def remove_staff(db: sqlite_utils.Database, *, name: str, actor: str,
+                 reason: str = "") -> None:
     """Unregister a staff member (who added and removed them stays in the audit log). The
     last administrator stays while others are registered: nobody could manage them."""
-    _require(db, actor, "staff.manage", "staff.remove")
+    require(db, actor, "staff.manage", "staff.remove")
     name = name.strip()
     with store.transaction(db):
         role = roles.role_of(db, name)
@@ -450,7 +561,21 @@ def remove_staff(db: sqlite_utils.Database, *, name: str, actor: str) -> None:
             raise AdminError(f"{name} is the last administrator: add another before removing "
                              "them")
         db.execute("DELETE FROM staff WHERE name = ?", [name])
-        store.audit(db, actor=actor, action="staff.remove", name=name, role=role)
+        audit(db, actor=actor, action="staff.remove", name=name, role=role,
+              reason=reason.strip())
+
+
+def read_audit(db: sqlite_utils.Database, *, actor: str, patient: str | None = None,
+               since: datetime | None = None, purpose: str = "") -> list[AuditEntry]:
+    """The audit entries a person asks for (audit_entries), if their role holds audit.read;
+    the read is audited itself, with what was asked for."""
+    require(db, actor, "audit.read", "audit.read", patient)
+    with store.transaction(db):
+        entries = audit_entries(db, patient=patient, since=since)
+        audit(db, actor=actor, action="audit.read", patient=patient,
+              since=None if since is None else since.astimezone(UTC), entries=len(entries),
+              **({"purpose": purpose.strip()} if purpose.strip() else {}))
+    return entries
 
 
 def audit_entries(db: sqlite_utils.Database, patient: str | None = None,
@@ -518,8 +643,11 @@ def open_central(config_path: str) -> Iterator[OpenCentral]:
 
 
 def _default_actor() -> str:
-    """Who is making the change: $TELEMON_USER, else the login name."""
+    """Who is making the change: $TELEMON_USER, else (under sudo) the account that ran sudo,
+    else the login name."""
     if user := os.environ.get("TELEMON_USER", "").strip():
+        return user
+    if user := roles.sudo_user():
         return user
     with contextlib.suppress(OSError, KeyError):  # no login name in some containers
         return getpass.getuser()
@@ -537,8 +665,25 @@ config_option = click.option(
     help="The central's config file (its storage.path holds the database).")
 by_option = click.option(
     "--by", "actor", metavar="NAME", default=_default_actor, callback=_nonblank_actor,
-    show_default="$TELEMON_USER, else the login name",
+    show_default="$TELEMON_USER, else $SUDO_USER, else the login name",
     help="Who makes the change or reads the data (recorded in the audit log).")
+
+
+def _nonblank_reason(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("say why: it is kept in the audit log")
+    return value.strip()
+
+
+def reason_option(example: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--reason, required: why a change is made, kept in its audit entry."""
+    return click.option("--reason", required=True, callback=_nonblank_reason, metavar="TEXT",
+                        help=f"Why (kept in the audit log), e.g. {example}.")
+
+
+purpose_option = click.option(
+    "--purpose", default="", metavar="TEXT",
+    help="Why you read it (optional; kept in the audit log with the read).")
 json_option = click.option("--json", "as_json", is_flag=True,
                            help="Print JSON (times in UTC) instead of a table.")
 
@@ -599,11 +744,12 @@ def patient_group() -> None:
               help="A gateway that reports for the patient; repeatable.")
 @click.option("--timezone", "zone", default=None,
               help="The patient's IANA time zone (default: the config's timezone).")
+@reason_option('"referral from the hospital\'s COPD clinic"')
 @config_option
 @by_option
 @reports_errors
 def patient_add(patient_id: str, display_name: str, modules: tuple[str, ...],
-                gateways: tuple[str, ...], zone: str | None, config_path: str,
+                gateways: tuple[str, ...], zone: str | None, reason: str, config_path: str,
                 actor: str) -> None:
     """Enrol PATIENT (a pseudonymous id, never a CPR number) with modules and gateways."""
     with open_central(config_path) as central:
@@ -611,7 +757,7 @@ def patient_add(patient_id: str, display_name: str, modules: tuple[str, ...],
             central.db, patient=patient_id, organisation=central.config.organisation,
             display_name=display_name, timezone=zone or central.config.timezone.key,
             modules=modules, gateways=gateways, actor=actor,
-            installed_modules=central.installed_modules)
+            installed_modules=central.installed_modules, reason=reason)
     click.echo(f"added patient {patient.id} (modules: {', '.join(patient.enrolment.modules)}; "
                f"gateways: {', '.join(patient.enrolment.gateways) or 'none'})")
 
@@ -619,13 +765,15 @@ def patient_add(patient_id: str, display_name: str, modules: tuple[str, ...],
 @patient_group.command(name="show")
 @click.argument("patient_id", metavar="PATIENT")
 @json_option
+@purpose_option
 @config_option
 @by_option
 @reports_errors
-def patient_show(patient_id: str, as_json: bool, config_path: str, actor: str) -> None:
+def patient_show(patient_id: str, as_json: bool, purpose: str, config_path: str,
+                 actor: str) -> None:
     """Show one patient: enrolment, limits and consent in force (the read is audited)."""
     with open_central(config_path) as central:
-        overview = show_patient(central.db, patient_id, actor=actor)
+        overview = show_patient(central.db, patient_id, actor=actor, purpose=purpose)
     patient, zone = overview.patient, overview.patient.timezone
     if as_json:
         echo_json({"id": patient.id, "display_name": patient.display_name,
@@ -661,19 +809,22 @@ def _echo_limits(versions: list[LimitVersion], zone: ZoneInfo) -> None:
 @patient_group.command(name="list")
 @click.option("--module", default=None, help="Only the patients monitored with this module.")
 @json_option
+@purpose_option
 @config_option
 @by_option
 @reports_errors
-def patient_list(module: str | None, as_json: bool, config_path: str, actor: str) -> None:
+def patient_list(module: str | None, as_json: bool, purpose: str, config_path: str,
+                 actor: str) -> None:
     """List the organisation's patients (the read is audited: it shows their names)."""
     with open_central(config_path) as central:
         if module is not None:
             _check_module(module, central.installed_modules)
-        _require(central.db, actor, "patient.read", "patient.list")
+        require(central.db, actor, "patient.read", "patient.list")
         with store.transaction(central.db):
             patients = list_patients(central.db, central.config.organisation, module)
-            store.audit(central.db, actor=actor, action="patient.list", module=module,
-                        patients=[p.id for p in patients])
+            audit(central.db, actor=actor, action="patient.list", module=module,
+                  patients=[p.id for p in patients],
+                  **({"purpose": purpose.strip()} if purpose.strip() else {}))
     if as_json:
         echo_json([{"id": p.id, "display_name": p.display_name, "timezone": p.timezone.key,
                     "enrolment": p.enrolment} for p in patients])
@@ -689,7 +840,8 @@ def patient_list(module: str | None, as_json: bool, config_path: str, actor: str
 
 @click.group(name="limits")
 def limits_group() -> None:
-    """Set a patient's own alarm limits (versioned, never overwritten) and see their history."""
+    """Set a patient's own alarm limits and the organisation's defaults (versioned, never
+    overwritten) and see their history."""
 
 
 @limits_group.command(name="set")
@@ -699,7 +851,7 @@ def limits_group() -> None:
 @click.option("--yellow-low", type=_DecimalType(), help="Below this: yellow.")
 @click.option("--yellow-high", type=_DecimalType(), help="Above this: yellow.")
 @click.option("--red-high", type=_DecimalType(), help="Above this: red.")
-@click.option("--reason", required=True, help="Why (kept with the version), e.g. the order.")
+@reason_option("the order, \"referral: COPD, usual SpO2 87-89 %\"")
 @click.option("--valid-from", default=None, metavar="TIME",
               help="When the version starts, ISO 8601 (default: now; without an offset: "
                    "the patient's local time).")
@@ -741,13 +893,13 @@ def limits_history(patient_id: str, code: str | None, as_json: bool, config_path
     if code is not None and code not in KNOWN:
         raise _unknown_code(code)
     with open_central(config_path) as central:
-        _require(central.db, actor, "patient.read", "limits.history", patient_id)
+        require(central.db, actor, "patient.read", "limits.history", patient_id)
         with store.transaction(central.db):
             zone = get_patient(central.db, patient_id).timezone
             versions = [v for v in limit_versions(central.db, patient_id)
                         if code is None or code_key(v.code) == code]
-            store.audit(central.db, actor=actor, action="limits.history", patient=patient_id,
-                        code=code)
+            audit(central.db, actor=actor, action="limits.history", patient=patient_id,
+                  code=code)
     if as_json:
         echo_json(versions)
     elif versions:
@@ -755,6 +907,118 @@ def limits_history(patient_id: str, code: str | None, as_json: bool, config_path
     else:
         click.echo(f"{patient_id} has no limits of their own"
                    + (f" for {code}" if code else ""))
+
+
+@limits_group.group(name="defaults", invoke_without_command=True)
+@click.option("--module", default=None, help="Only this module's codes.")
+@json_option
+@click.option("--config", "config_path", default=None, metavar="CENTRAL_TOML",
+              help="The central's config file (its storage.path holds the database).")
+@click.pass_context
+@reports_errors
+def limits_defaults(ctx: click.Context, module: str | None, as_json: bool,
+                    config_path: str | None) -> None:
+    """The organisation's default limits: what patients without limits of their own are
+    checked against, per module and code. Alone, those in force now and where they come
+    from (the organisation's version, else the module's defaults); `set` adds a version (a
+    team lead's right), `history` lists them all."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_path is None:
+        raise click.UsageError("Missing option '--config'.")
+    with open_central(config_path) as central:
+        modules = _chosen_modules(central, module)
+        rows = default_limits_in_force(central.db, central.config.organisation, modules)
+        zone = central.config.timezone
+    if as_json:
+        echo_json([{"module": r.module, "code": r.code, "limits": r.limits, "source": r.source,
+                    "valid_from": r.version.valid_from if r.version else None,
+                    "author": r.version.author if r.version else None,
+                    "reason": r.version.reason if r.version else None} for r in rows])
+        return
+    echo_table(("MODULE", "CODE", "LIMITS", "SOURCE", "FROM", "BY", "REASON"), [
+        (r.module, r.code, describe_limits(r.limits), r.source,
+         local(r.version.valid_from, zone) if r.version else "",
+         r.version.author if r.version else "", r.version.reason if r.version else "")
+        for r in rows])
+
+
+def _chosen_modules(central: OpenCentral, module: str | None) -> dict[str, DiseaseModule]:
+    """The installed modules enabled in the config, or only `module`."""
+    if module is not None:
+        return {module: central.installed_modules[_check_module(module,
+                                                                 central.installed_modules)]}
+    return {name: m for name, m in central.installed_modules.items()
+            if name in central.config.modules and central.config.modules[name].enabled}
+
+
+@limits_defaults.command(name="set")
+@click.argument("module", metavar="MODULE")
+@click.argument("code", metavar="CODE")
+@click.option("--red-low", type=_DecimalType(), help="Below this: red.")
+@click.option("--yellow-low", type=_DecimalType(), help="Below this: yellow.")
+@click.option("--yellow-high", type=_DecimalType(), help="Above this: yellow.")
+@click.option("--red-high", type=_DecimalType(), help="Above this: red.")
+@reason_option('"team conference 2026-03-01: BTS target for COPD"')
+@click.option("--valid-from", default=None, metavar="TIME",
+              help="When the version starts, ISO 8601 (default: now; without an offset: "
+                   "the central's time zone).")
+@config_option
+@by_option
+@reports_errors
+def limits_defaults_set(module: str, code: str, red_low: Decimal | None,
+                        yellow_low: Decimal | None, yellow_high: Decimal | None,
+                        red_high: Decimal | None, reason: str, valid_from: str | None,
+                        config_path: str, actor: str) -> None:
+    """Give the organisation a new version of its default limits for MODULE's CODE.
+
+    They replace the module's defaults as a whole (a limit left out is not checked) for
+    every patient without limits of their own for CODE, for readings from --valid-from on;
+    earlier readings keep the limits then in force. Needs the right limits.defaults (team
+    leads).
+    """
+    try:
+        limits = LimitSet(red_low=red_low, yellow_low=yellow_low, yellow_high=yellow_high,
+                          red_high=red_high)
+    except ValueError as exc:  # out of order
+        raise InvalidInput(f"{code}: {exc}") from None
+    with open_central(config_path) as central:
+        zone = central.config.timezone
+        start = parse_time(valid_from, zone, "--valid-from") if valid_from else None
+        version = set_default_limits(
+            central.db, organisation=central.config.organisation, module=module,
+            code_key=code, limits=limits, reason=reason, actor=actor,
+            installed_modules=central.installed_modules, valid_from=start)
+    click.echo(f"{module} {code}: organisation default version {version.version} from "
+               f"{local(version.valid_from, zone)}: {describe_limits(version.limits)}")
+
+
+@limits_defaults.command(name="history")
+@click.option("--module", default=None, help="Only this module's versions.")
+@click.option("--code", default=None, help="Only this code's versions (e.g. spo2).")
+@json_option
+@config_option
+@reports_errors
+def limits_defaults_history(module: str | None, code: str | None, as_json: bool,
+                            config_path: str) -> None:
+    """Every version of the organisation's default limits, oldest first."""
+    if code is not None and code not in KNOWN:
+        raise _unknown_code(code)
+    with open_central(config_path) as central:
+        versions = [v for v in store.default_limit_history(
+                        central.db, central.config.organisation, module)
+                    if code is None or code_key_of(v) == code]
+        zone = central.config.timezone
+    if as_json:
+        echo_json(versions)
+    elif versions:
+        echo_table(("MODULE", "CODE", "VERSION", "LIMITS", "FROM", "TO", "BY", "REASON"), [
+            (v.module, code_key_of(v), str(v.version), describe_limits(v.limits),
+             local(v.valid_from, zone), local(v.valid_to, zone) if v.valid_to else "",
+             v.author, v.reason) for v in versions])
+    else:
+        click.echo("no organisation default limits set: the modules' own apply "
+                   "(telemon limits defaults set)")
 
 
 # --- command line: modules, gateways, consent, audit ----------------------------------------
@@ -889,27 +1153,32 @@ def describe_module(module: DiseaseModule) -> dict[str, Any]:
 @modules_group.command(name="enable")
 @click.argument("patient_id", metavar="PATIENT")
 @click.argument("module", metavar="MODULE")
+@reason_option('"heart failure diagnosed, GP referral"')
 @config_option
 @by_option
 @reports_errors
-def modules_enable(patient_id: str, module: str, config_path: str, actor: str) -> None:
+def modules_enable(patient_id: str, module: str, reason: str, config_path: str,
+                   actor: str) -> None:
     """Monitor PATIENT with the installed disease MODULE too."""
     with open_central(config_path) as central:
         enrolment = enable_module(central.db, patient=patient_id, module=module, actor=actor,
-                                  installed_modules=central.installed_modules)
+                                  installed_modules=central.installed_modules, reason=reason)
     click.echo(f"{patient_id}: modules {', '.join(enrolment.modules)}")
 
 
 @modules_group.command(name="disable")
 @click.argument("patient_id", metavar="PATIENT")
 @click.argument("module", metavar="MODULE")
+@reason_option('"monitoring ended at the team conference"')
 @config_option
 @by_option
 @reports_errors
-def modules_disable(patient_id: str, module: str, config_path: str, actor: str) -> None:
+def modules_disable(patient_id: str, module: str, reason: str, config_path: str,
+                    actor: str) -> None:
     """Stop monitoring PATIENT with MODULE (their data and limits are kept)."""
     with open_central(config_path) as central:
-        enrolment = disable_module(central.db, patient=patient_id, module=module, actor=actor)
+        enrolment = disable_module(central.db, patient=patient_id, module=module, actor=actor,
+                                   reason=reason)
     click.echo(f"{patient_id}: modules {', '.join(enrolment.modules) or 'none'}")
 
 
@@ -921,27 +1190,32 @@ def gateway_group() -> None:
 @gateway_group.command(name="bind")
 @click.argument("patient_id", metavar="PATIENT")
 @click.argument("gateway", metavar="GATEWAY")
+@reason_option('"new gateway installed at home visit"')
 @config_option
 @by_option
 @reports_errors
-def gateway_bind(patient_id: str, gateway: str, config_path: str, actor: str) -> None:
+def gateway_bind(patient_id: str, gateway: str, reason: str, config_path: str,
+                 actor: str) -> None:
     """Let GATEWAY report readings for PATIENT."""
     with open_central(config_path) as central:
-        enrolment = bind_gateway(central.db, patient=patient_id, gateway=gateway, actor=actor)
+        enrolment = bind_gateway(central.db, patient=patient_id, gateway=gateway, actor=actor,
+                                 reason=reason)
     click.echo(f"{patient_id}: gateways {', '.join(enrolment.gateways)}")
 
 
 @gateway_group.command(name="unbind")
 @click.argument("patient_id", metavar="PATIENT")
 @click.argument("gateway", metavar="GATEWAY")
+@reason_option('"gateway returned, replaced by gw-0107"')
 @config_option
 @by_option
 @reports_errors
-def gateway_unbind(patient_id: str, gateway: str, config_path: str, actor: str) -> None:
+def gateway_unbind(patient_id: str, gateway: str, reason: str, config_path: str,
+                   actor: str) -> None:
     """Stop GATEWAY reporting for PATIENT."""
     with open_central(config_path) as central:
         enrolment = unbind_gateway(central.db, patient=patient_id, gateway=gateway,
-                                   actor=actor)
+                                   actor=actor, reason=reason)
     click.echo(f"{patient_id}: gateways {', '.join(enrolment.gateways) or 'none'}")
 
 
@@ -964,12 +1238,14 @@ _FOLDER = click.Path(file_okay=False, resolve_path=True, path_type=Path)
               help="With --cert: that CA's private key (PEM, unencrypted).")
 @click.option("--cert-dir", type=_FOLDER,
               help="With --cert: where GATEWAY.pem and GATEWAY.key are written (owner-only).")
+@click.option("--reason", default="", metavar="TEXT",
+              help="Why (kept in the audit log), e.g. \"new home, replaces gw-0042\".")
 @config_option
 @by_option
 @reports_errors
 def gateway_provision(gateway: str, password_file: Path | None, cert: bool,
                       ca_cert: Path | None, ca_key: Path | None, cert_dir: Path | None,
-                      config_path: str, actor: str) -> None:
+                      reason: str, config_path: str, actor: str) -> None:
     """Make GATEWAY's broker credential and print the broker's lines for it: Mosquitto
     password file and ACL, and the EMQX 5 authorization rules (docs/provisioning.md)."""
     _check_id(gateway, "gateway")
@@ -979,7 +1255,7 @@ def gateway_provision(gateway: str, password_file: Path | None, cert: bool,
     if not cert and (ca_cert or ca_key or cert_dir):
         raise click.UsageError("--ca-cert, --ca-key and --cert-dir are used with --cert only")
     with open_central(config_path) as central:
-        _require(central.db, actor, "enrolment.change", "gateway.provision")
+        require(central.db, actor, "enrolment.change", "gateway.provision")
         topics = provision.gateway_topics(central.config.organisation, gateway)
         password = None if cert else provision.new_password()
         try:
@@ -994,8 +1270,9 @@ def gateway_provision(gateway: str, password_file: Path | None, cert: bool,
                         provision.write_secret(password_file, password)
                     detail = {"method": "password"} | (
                         {"password_file": str(password_file)} if password_file else {})
-                store.audit(central.db, actor=actor, action="gateway.provision",
-                            gateway=gateway, **detail)  # never the secret or its hash
+                audit(central.db, actor=actor, action="gateway.provision",
+                      gateway=gateway, reason=reason.strip(),
+                      **detail)  # never the secret or its hash
         except provision.ProvisionError as exc:
             raise AdminError(str(exc)) from None
     if cert:
@@ -1030,13 +1307,15 @@ def _consent_command(granted: bool) -> click.Command:
 
     @click.argument("patient_id", metavar="PATIENT")
     @click.argument("purpose", metavar="PURPOSE", type=click.Choice(CONSENT_PURPOSES))
+    @reason_option('"signed form at enrolment"' if granted else '"withdrawn by phone"')
     @config_option
     @by_option
     @reports_errors
-    def command(patient_id: str, purpose: str, config_path: str, actor: str) -> None:
+    def command(patient_id: str, purpose: str, reason: str, config_path: str,
+                actor: str) -> None:
         with open_central(config_path) as central:
             event = record_consent(central.db, patient=patient_id, purpose=purpose,
-                                   granted=granted, actor=actor)
+                                   granted=granted, actor=actor, reason=reason)
             zone = get_patient(central.db, patient_id).timezone
         click.echo(f"{patient_id}: consent to {purpose} {done} at {local(event.at, zone)}")
 
@@ -1054,22 +1333,31 @@ consent_withdraw = _consent_command(granted=False)
 @click.option("--since", default=None, metavar="TIME",
               help="Only entries from this ISO 8601 date or time (local without an offset).")
 @json_option
+@purpose_option
 @config_option
+@by_option
 @reports_errors
-def audit_query(patient_id: str | None, since: str | None, as_json: bool,
-                config_path: str) -> None:
-    """Query the audit log: who changed or read what, when (oldest first, in the patient's,
-    else the central's, time zone)."""
+def audit_query(patient_id: str | None, since: str | None, as_json: bool, purpose: str,
+                config_path: str, actor: str) -> None:
+    """Query the audit log: who changed or read what, when and why (oldest first, in the
+    patient's, else the central's, time zone). Needs the right audit.read (team leads,
+    administrators); the query is audited itself."""
     with open_central(config_path) as central:
+        if patient_id is not None:
+            _check_id(patient_id, "patient")
         zone = (get_patient(central.db, patient_id).timezone if patient_id
                 else central.config.timezone)
         start = parse_time(since, zone, "--since") if since else None
-        entries = audit_entries(central.db, patient=patient_id, since=start)
+        entries = read_audit(central.db, actor=actor, patient=patient_id, since=start,
+                             purpose=purpose)
     if as_json:
-        echo_json(entries)
+        echo_json([{"id": e.id, "at": e.at, "actor": e.actor, "action": e.action,
+                    "patient": e.patient, "why": e.why, "detail": e.detail} for e in entries])
         return
-    echo_table(("TIME", "ACTOR", "ACTION", "PATIENT", "DETAIL"), [
-        (local(e.at, zone), e.actor, e.action, e.patient or "-", JSON.encode(e.detail).decode())
+    echo_table(("TIME", "ACTOR", "ACTION", "PATIENT", "WHY", "DETAIL"), [
+        (local(e.at, zone), e.actor, e.action, e.patient or "-", e.why or "-",
+         JSON.encode({k: v for k, v in e.detail.items()
+                      if not (k in WHY_KEYS and v == e.why)}).decode())
         for e in entries])
 
 
@@ -1086,25 +1374,27 @@ def staff_group() -> None:
 @click.argument("name", metavar="NAME")
 @click.option("--role", required=True, type=click.Choice(roles.ROLES),
               help="What they may do (the first one registered must be an administrator).")
+@reason_option('"hired as monitoring nurse"')
 @config_option
 @by_option
 @reports_errors
-def staff_add(name: str, role: str, config_path: str, actor: str) -> None:
+def staff_add(name: str, role: str, reason: str, config_path: str, actor: str) -> None:
     """Register NAME (as they sign with --by or TELEMON_USER) with a role."""
     with open_central(config_path) as central:
-        member = add_staff(central.db, name=name, role=role, actor=actor)
+        member = add_staff(central.db, name=name, role=role, actor=actor, reason=reason)
     click.echo(f"added {member.name} as {member.role}")
 
 
 @staff_group.command(name="remove")
 @click.argument("name", metavar="NAME")
+@reason_option('"left the team"')
 @config_option
 @by_option
 @reports_errors
-def staff_remove(name: str, config_path: str, actor: str) -> None:
+def staff_remove(name: str, reason: str, config_path: str, actor: str) -> None:
     """Unregister NAME (the audit log keeps who they were and what they did)."""
     with open_central(config_path) as central:
-        remove_staff(central.db, name=name, actor=actor)
+        remove_staff(central.db, name=name, actor=actor, reason=reason)
     click.echo(f"removed {name.strip()}")
 
 

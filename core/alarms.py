@@ -4,7 +4,8 @@ rules, debounced alarms, escalation, missing measurements and per-patient triage
 Limits in force for a patient, module and code (the first that exists):
 1. the patient's own version valid at the observation's time ("patient v<N>"; versions are set
    by the referring doctor and kept forever, `telemon limits set`),
-2. the organisation's limits for that module and code (central.toml, "organisation"),
+2. the organisation's default version for that module and code valid at the observation's
+   time ("organisation v<N>"; set by a team lead, kept forever, `telemon limits defaults set`),
 3. the module's defaults ("module").
 Each check is kept as an `Evaluation` with the limits it used, so a reading judged today is
 still explained after the limits change. A reading in another unit than the code's canonical
@@ -25,6 +26,7 @@ green when there is none (OpenTele's overview order; shared/CLINICAL.md).
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,7 +39,7 @@ import msgspec
 import numpy as np
 import sqlite_utils
 
-from telemon import dsp, store, wire
+from telemon import admin, dsp, store, wire
 from telemon.codes import BY_CODE, KNOWN, MeasureCode, lookup
 from telemon.config import CentralConfig
 from telemon.models import (
@@ -52,7 +54,7 @@ from telemon.models import (
     new_id,
     reading_id,
 )
-from telemon.modules import DiseaseModule, Finding, Questionnaire, Series
+from telemon.modules import DiseaseModule, Finding, Questionnaire, Rule, Series
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +88,38 @@ class Patient:
     enrolled: datetime | None
 
 
+Versions = dict[tuple[str, str], list[tuple[datetime, int, LimitSet]]]
+"""Limit versions by (patient or module, measure key): (valid_from, version, limits), in
+version order (a version never starts before the one it follows)."""
+
+
 @dataclass
 class Directory:
-    """Enrolments and limit versions of one organisation, read once and again whenever the
-    audit log has grown (every administrative change is audited in the same transaction)."""
+    """Enrolments, patients' limit versions and the organisation's default limits of one
+    organisation, read once and again whenever the audit log has grown (every
+    administrative change is audited in the same transaction)."""
 
     db: sqlite_utils.Database
     organisation: str
     default_timezone: ZoneInfo
     patients: dict[str, Patient] = field(default_factory=dict)
-    limit_versions: dict[tuple[str, str], list[tuple[datetime, int, LimitSet]]] = field(
-        default_factory=dict)
+    limit_versions: Versions = field(default_factory=dict)  # by (patient, key)
+    default_versions: Versions = field(default_factory=dict)  # by (module, key)
     _seen: int | None = None
+
+    @staticmethod
+    def organisation_defaults(db: sqlite_utils.Database, organisation: str) -> Versions:
+        """Every version of the organisation's default limits, by (module, measure key)."""
+        versions: Versions = defaultdict(list)
+        for module, system, code, version, limits, valid_from in db.execute(
+                "SELECT module, code_system, code, version, limits, valid_from "
+                "FROM default_limits WHERE organisation = ? ORDER BY version", [organisation]):
+            known = BY_CODE.get((system, code))
+            if known is not None:
+                versions[(module, known.key)].append(
+                    (datetime.fromisoformat(valid_from), version,
+                     msgspec.json.decode(limits, type=LimitSet)))
+        return dict(versions)
 
     def refresh(self) -> bool:
         """Reload if anything was changed since the last load; True if it reloaded."""
@@ -127,6 +149,7 @@ class Directory:
                     (datetime.fromisoformat(valid_from), version,
                      msgspec.json.decode(limits, type=LimitSet)))
         self.patients, self.limit_versions = patients, dict(versions)
+        self.default_versions = self.organisation_defaults(self.db, self.organisation)
         return True
 
     def refusal(self, patient: str, gateway: str) -> str | None:
@@ -141,11 +164,7 @@ class Directory:
 
     def patient_limits(self, patient: str, key: str, at: datetime) -> tuple[LimitSet, str] | None:
         """The patient's own limits for a code valid at `at`, with their source."""
-        found = None
-        for valid_from, version, limits in self.limit_versions.get((patient, key), ()):
-            if valid_from <= at:
-                found = (limits, f"patient v{version}")
-        return found
+        return _version_at(self.limit_versions.get((patient, key), ()), at, "patient")
 
 
 @dataclass
@@ -179,7 +198,8 @@ class AlarmEngine:
                         at: datetime) -> tuple[LimitSet, str] | None:
         """The limits a reading of `key` at `at` is checked against, with their source."""
         return (self.directory.patient_limits(patient, key, at)
-                or shared_limits(self.config, self.modules[module], key))
+                or shared_limits(self.directory.default_versions, self.modules[module], key,
+                                 at))
 
     def evaluate_new(self, observations: Sequence[Observation],
                      responses: Sequence[QuestionnaireResponse], now: datetime) -> Outcome:
@@ -239,15 +259,23 @@ class AlarmEngine:
 
     def _trend_rules(self, outcome: Outcome, touched: set[tuple[str, str, str]],
                      now: datetime) -> None:
+        # one query per patient and code, over the widest window any of its rules needs:
+        # each rule then gets the tail of it that its own window covers
+        wanted: dict[tuple[str, str], list[tuple[str, Rule]]] = defaultdict(list)
         for patient, module_name, key in sorted(touched):
-            module = self.modules[module_name]
-            for rule in module.rules:
-                if key not in rule.codes:
-                    continue
+            for rule in self.modules[module_name].rules:
+                if key in rule.codes:
+                    wanted[(patient, key)].append((module_name, rule))
+        for (patient, key), rules in wanted.items():
+            rows = _series_rows(self.db, patient, key,
+                                since=now - max(rule.window for _, rule in rules),
+                                most=MAX_SERIES, records=any(rule.records for _, rule in rules))
+            effective = [row[1] for row in rows]
+            for module_name, rule in rules:
                 found = self.limits_in_force(patient, module_name, key, now)
-                limits = found[0] if found else LimitSet()
-                series = load_series(self.db, patient, key, since=now - rule.window,
-                                     limits=limits, records=rule.records)
+                start = bisect.bisect_left(effective, store.utc_text(now - rule.window))
+                series = _series(patient, key, rows[start:], found[0] if found else LimitSet(),
+                                 records=rule.records)
                 try:
                     findings = rule.evaluate(series)
                 except Exception:  # a module's bug must not stop ingest: say which rule
@@ -449,7 +477,12 @@ def resolve(db: sqlite_utils.Database, alarm_id: str, *, by: str, note: str = ""
 
 def _transition(db: sqlite_utils.Database, alarm_id: str, state: str, allowed: tuple[str, ...],
                 by: str, note: str, at: datetime | None) -> Alarm:
+    """The one way a person changes an alarm's state: the right alarm.handle is checked
+    first (a refusal is audited and raised as admin.Refused, an AdminError)."""
     at = at or datetime.now(UTC)
+    row = db.execute("SELECT patient FROM alarms WHERE id = ?", [alarm_id]).fetchone()
+    if row is not None:  # an unknown alarm: KeyError below
+        admin.require(db, by, "alarm.handle", f"alarm.{state}", row[0])
     with store.transaction(db):
         alarm = store.get_alarm(db, alarm_id)
         if alarm.state not in allowed:
@@ -457,20 +490,31 @@ def _transition(db: sqlite_utils.Database, alarm_id: str, state: str, allowed: t
             who = f" by {last.by} at {last.at.isoformat(timespec='seconds')}" if last else ""
             raise AlarmConflict(f"alarm {alarm_id} is already {alarm.state}{who}")
         updated = add_event(db, alarm, state, by, note, at, state=state)
-        store.audit(db, actor=by, action=f"alarm.{state}", patient=alarm.patient,
+        admin.audit(db, actor=by, action=f"alarm.{state}", patient=alarm.patient,
                     alarm=alarm_id, note=note)
     return updated
 
 
-def shared_limits(config: CentralConfig, module: DiseaseModule,
-                  key: str) -> tuple[LimitSet, str] | None:
-    """The limits of a module's code for patients without their own: the organisation's
-    (central.toml), else the module's defaults; with their source."""
-    configured = config.modules.get(module.name)
-    if configured is not None and key in configured.limits:
-        return configured.limits[key], "organisation"
+def shared_limits(defaults: Versions, module: DiseaseModule, key: str,
+                  at: datetime) -> tuple[LimitSet, str] | None:
+    """The limits of a module's code at `at` for patients without their own, with their
+    source: the organisation's default version valid then ("organisation v<N>",
+    `defaults`: Directory.organisation_defaults), else the module's defaults ("module")."""
+    found = _version_at(defaults.get((module.name, key), ()), at, "organisation")
+    if found is not None:
+        return found
     default = module.default_limits.get(key)
     return None if default is None else (default, "module")
+
+
+def _version_at(versions: Iterable[tuple[datetime, int, LimitSet]], at: datetime,
+                owner: str) -> tuple[LimitSet, str] | None:
+    """The version valid at `at` (the last to start by then), as (limits, "<owner> v<N>")."""
+    found = None
+    for valid_from, version, limits in versions:
+        if valid_from <= at:
+            found = (limits, f"{owner} v{version}")
+    return found
 
 
 # --- triage ----------------------------------------------------------------------------------
@@ -494,29 +538,42 @@ def load_series(db: sqlite_utils.Database, patient: str, key: str, *, since: dat
     """A patient's readings of one code since `since`, oldest first, at most the newest
     `most` (components such as the systolic of a blood pressure are read from their panel);
     with `records`, the whole observations too."""
+    rows = _series_rows(db, patient, key, since=since, most=most, records=records)
+    return _series(patient, key, rows, limits, records=records)
+
+
+def _series_rows(db: sqlite_utils.Database, patient: str, key: str, *, since: datetime,
+                 most: int, records: bool) -> list[tuple]:
+    """(id, effective as stored, seconds, value[, wire]) of load_series' readings, oldest
+    first; the stored effective text orders exactly as the query's `>= since` does."""
     code = _stored_code(key)
     component = KNOWN[key].code if code != KNOWN[key].code else None
     # seconds since the epoch computed by SQLite (julianday: ~50 us resolution, plenty for
     # trends); the value as REAL unless it must be taken out of the components
     rows = db.execute(
-        "SELECT id, (julianday(effective) - 2440587.5) * 86400.0, "
+        "SELECT id, effective, (julianday(effective) - 2440587.5) * 86400.0, "
         f"{'components' if component else 'CAST(value AS REAL)'}"
         f"{', wire' if records else ''} FROM observations "
         "WHERE patient = ? AND code_system = ? AND code = ? AND effective >= ? "
         "ORDER BY effective DESC, id DESC LIMIT ?",
         [patient, code.system, code.code, store.utc_text(since), most]).fetchall()
     rows.reverse()
-    values = [row[2] for row in rows]
     if component is not None:
-        values = [next((float(c["value"]) for c in msgspec.json.decode(parts)
-                        if c["code"]["code"] == component.code and c["value"] is not None),
-                       None) for parts in values]
+        rows = [(*row[:3], next((float(c["value"]) for c in msgspec.json.decode(row[3])
+                                 if c["code"]["code"] == component.code
+                                 and c["value"] is not None), None), *row[4:])
+                for row in rows]
+    return rows
+
+
+def _series(patient: str, key: str, rows: list[tuple], limits: LimitSet, *,
+            records: bool) -> Series:
+    columns = list(zip(*rows, strict=True)) or [()] * 4
     return Series(patient=patient, code=key,
-                  times=np.array([r[1] for r in rows], dtype=np.float64),
-                  values=np.array([np.nan if v is None else v for v in values],
-                                  dtype=np.float64),
-                  ids=tuple(r[0] for r in rows), limits=limits,
-                  observations=tuple(wire.decode(r[3].encode()) for r in rows) if records
+                  times=np.array(columns[2], dtype=np.float64),
+                  values=np.array(columns[3], dtype=np.float64),  # None -> NaN
+                  ids=columns[0], limits=limits,
+                  observations=tuple(wire.decode(r[4].encode()) for r in rows) if records
                   else ())
 
 

@@ -320,14 +320,17 @@ class Central:
         if self.counters.first_group_at is None:
             self.counters.first_group_at = time.perf_counter()
         now = datetime.now(UTC)
+        # decoding needs no database: done before the write lock is taken, so that several
+        # ingest processes decode at the same time and queue only for their writes
+        decoded = [decode_payload(message.payload) for message in messages]
         with store.transaction(self.db):
             self.engine.directory.refresh()
             new: list[Observation] = []
             responses: list[QuestionnaireResponse] = []
-            for message in messages:
+            for message, content in zip(messages, decoded, strict=True):
                 try:
                     with store.savepoint(self.db):  # one message fails alone
-                        observations, answered = self._ingest(message, now)
+                        observations, answered = self._ingest(message, content, now)
                         new += observations
                         responses += answered
                 except sqlite3.OperationalError:
@@ -348,7 +351,7 @@ class Central:
         self.counters.alarms_raised += outcome.raised
         self.counters.not_compared += outcome.not_compared
 
-    def _ingest(self, message: Message, now: datetime,
+    def _ingest(self, message: Message, decoded: wire.Decoded | Exception, now: datetime,
                 ) -> tuple[list[Observation], list[QuestionnaireResponse]]:
         """Store what one message carries; return its new observations and responses."""
         topic = mqtt.parse_topic(message.topic)
@@ -356,7 +359,8 @@ class Central:
             self._quarantine(message.topic, "not a gateway reading topic of organisation "
                              f"{self.organisation}", message.payload)
             return [], []
-        decoded = wire.decode_message(message.payload)
+        if isinstance(decoded, Exception):
+            raise decoded
         for error in decoded.errors:
             self._quarantine(message.topic, f"invalid wire form: {error}",
                              error.raw or message.payload)
@@ -453,6 +457,15 @@ class Central:
             payload = wire.encode(store.get_alarm(self.db, alarm_id))
             info = self._client.publish(self.alarms_topic, payload, qos=1)
             self._alarm_mids[info.mid] = events
+
+
+def decode_payload(payload: bytes) -> wire.Decoded | Exception:
+    """The message's records, or the exception of a decoder bug (quarantined with the
+    message's group, in its transaction)."""
+    try:
+        return wire.decode_message(payload)
+    except Exception as exc:
+        return exc
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Edge and central configuration: TOML files, checked against one declarative schema.
 
 `check_file(path, registry)` returns every problem in a file, each with its dotted key path
-(`modules.copd.limits.spo2.red_low: must be a number between 50 and 100, got "ninety"`);
+(`broker.url: must be mqtt:// or mqtts://, got "http://broker"`);
 `load(path, registry)` returns a frozen `EdgeConfig` or `CentralConfig`, or raises
 `ConfigError` with the same list. Both walk the schema `_schema()` builds from the installed
 plugins (the registry): unknown keys are errors (with a "did you mean"), never ignored.
@@ -53,12 +53,10 @@ Shape (examples/edge.toml and examples/central.toml are complete, commented exam
                                       # never. Each an integer between 1 and 36500.
     [modules.<installed module>]
     enabled = true                    # required
-    [modules.<module>.limits.<code>]  # the organisation's default limits for a code the
-    red_low = 88                      # module measures; each a number in the code's
-    yellow_low = 90                   # plausible range (telemon.codes), ordered
-    yellow_high = 100                 # red_low <= yellow_low <= yellow_high <= red_high.
-    red_high = 100                    # A table replaces the module's own defaults for that
-                                      # code as a whole: a limit left out is no limit.
+                                      # (the organisation's default limits are not set
+                                      # here but in the database, versioned and by a team
+                                      # lead: `telemon limits defaults set`; a
+                                      # [modules.<module>.limits] table is refused)
     [exporters.<installed exporter>]
     enabled = true                    # required
     <option> = <value>                # the exporter's own options (Exporter.options)
@@ -199,7 +197,6 @@ class DeviceConfig:
 @dataclass(frozen=True)
 class ModuleConfig:
     enabled: bool
-    limits: Mapping[str, LimitSet]  # replaces the module's default_limits for these codes
 
 
 @dataclass(frozen=True)
@@ -596,19 +593,41 @@ def _transport(device: dict, drivers: Mapping[str, Driver]) -> Iterator[tuple[st
                         f"{transport})")
 
 
+LIMITS_MOVED = (
+    "the organisation's default limits are no longer read from the config: they are kept "
+    "in the central's database, versioned and changed by a team lead with `telemon limits "
+    "defaults set {module} CODE --red-low .. --yellow-low .. --yellow-high .. --red-high .. "
+    "--reason TEXT --config FILE` (docs/roles-and-consent.md); remove this table")
+"""Why a [modules.<module>.limits] table is refused: it used to hold the defaults."""
+
+
 def _module(module: DiseaseModule) -> Table:
+    return Table({
+        "enabled": Value(_boolean, required=True),
+        "limits": Forbidden(LIMITS_MOVED.format(module=module.name)),
+    }, build=ModuleConfig)
+
+
+def _limits_table(module: DiseaseModule) -> Table:
+    """Per-code limit tables for a module's codes (`[spo2]` red_low = 85 ...)."""
     def limits(code: str) -> Table:
         low, high = KNOWN[code].plausible
         return Table({key: Value(_number(low, high), convert=lambda v: Decimal(str(v)))
                       for key in LIMIT_KEYS}, build=LimitSet)  # it checks their order
 
-    return Table({
-        "enabled": Value(_boolean, required=True),
-        "limits": Table({code: limits(code) for code in module.codes},
-                        build=_mapping, omit_absent=True,
-                        unknown=_unknown(f"code for module {module.name}", module.codes,
-                                         "its codes")),
-    }, build=ModuleConfig)
+    return Table({code: limits(code) for code in module.codes}, build=_mapping,
+                 omit_absent=True, unknown=_unknown(f"code for module {module.name}",
+                                                    module.codes, "its codes"))
+
+
+def validate_limits(data: Mapping[str, Any], module: DiseaseModule,
+                    ) -> tuple[Mapping[str, LimitSet] | None, list[ConfigProblem]]:
+    """Limits per code of `module` from a parsed document (`{"spo2": {"red_low": 85}}`),
+    each checked in its code's plausible range and order, with problems keyed "spo2.red_low"
+    (a file of its own, e.g. `telemon evaluate --limits`; never the central's config)."""
+    problems: list[ConfigProblem] = []
+    found = _walk(_limits_table(module), data, "", problems)
+    return (None if problems else found), problems
 
 
 _OPTION_CHECKS: dict[str, Check] = {"str": _text, "int": _integer(), "float": _number(),

@@ -383,9 +383,9 @@ def enrol(db: Any, homes: Sequence[Home], installed: Mapping[str, DiseaseModule]
         admin.add_patient(db, patient=home.patient, organisation=ORGANISATION,
                           display_name=home.display_name, timezone=ZONE.key,
                           modules=home.modules, gateways=(home.gateway,), actor=ACTOR,
-                          installed_modules=installed)
+                          installed_modules=installed, reason="demo: simulated referral")
         admin.record_consent(db, patient=home.patient, purpose="monitoring", granted=True,
-                             actor=ACTOR)
+                             actor=ACTOR, reason="demo: simulated consent form")
         if "copd" in home.modules and not home.deteriorates and home.baseline.spo2 < 94:
             # BTS guideline (O'Driscoll et al., Thorax 2017): target 88-92 % for patients at
             # risk of hypercapnic respiratory failure, so the doctor lowers this patient's

@@ -105,32 +105,29 @@ def _time(record: Replayable) -> datetime:
 
 
 def central_config(module: DiseaseModule, *, timezone: ZoneInfo,
-                   limits: Mapping[str, Any] | None = None
                    ) -> tuple[config.CentralConfig | None, list[config.ConfigProblem]]:
-    """The config of a central with only `module` enabled, checked as central.toml is
-    (with `limits` as the module's [modules.NAME.limits] table, to check them)."""
+    """The config of a central with only `module` enabled, checked as central.toml is."""
     data = {"role": "central", "organisation": ORGANISATION, "timezone": timezone.key,
             "broker": {"url": "mqtt://127.0.0.1:1"}, "storage": {"path": "unused"},
-            "modules": {module.name: {"enabled": True,
-                                      **({"limits": dict(limits)} if limits else {})}}}
+            "modules": {module.name: {"enabled": True}}}
     found, problems = config.validate(data, plugin_manager.Registry(modules={
         module.name: module}))
     return found, problems  # type: ignore[return-value]
 
 
 def load_limits(path: str | Path, module: DiseaseModule) -> dict[str, LimitSet]:
-    """Per-code limits from a TOML file (`[spo2]` red_low = 85 ...), checked as the
-    module's limits in central.toml are; ConfigError with every problem."""
+    """Per-code limits from a TOML file (`[spo2]` red_low = 85 ...), each checked in its
+    code's plausible range and order (config.validate_limits: a file of its own, not the
+    central's config); ConfigError with every problem."""
     data = config.read(path)
     problems = [config.ConfigProblem(code, "no limits given: set at least one of "
                                            + ", ".join(config.LIMIT_KEYS))
                 for code, given in data.items() if given == {}]
-    found, more = central_config(module, timezone=ZoneInfo("UTC"), limits=data)
-    prefix = f"modules.{module.name}.limits."
-    problems += [config.ConfigProblem(p.key.removeprefix(prefix), p.message) for p in more]
+    found, more = config.validate_limits(data, module)
+    problems += more
     if problems or found is None:  # each as "FILE: spo2.red_low: why"
         raise config.ConfigError([config.ConfigProblem("", f"{path}: {p}") for p in problems])
-    return dict(found.modules[module.name].limits)
+    return dict(found)
 
 
 def replay(module: DiseaseModule, records: Iterable[Replayable], *,

@@ -4,7 +4,9 @@ record, and the dashboard's own actions (assign to me, contacted, green readings
 Plain functions: the Textual dashboard (telemon.tui) calls them in worker threads, and the
 core never imports Textual. Acknowledging and resolving alarms are telemon.alarms'
 `acknowledge` / `resolve`, and new limits are telemon.admin's `set_limits`: one way each.
-Every change here is one transaction together with its audit entry, by the nurse's name.
+Every change here is one transaction together with its audit entry, by the nurse's name, and
+needs the right alarm.handle (telemon.roles; as acknowledge and resolve do): a refusal is
+audited and raised as admin.Refused, which the dashboard shows like any AdminError.
 
 The overview is one query: every patient with the worst of its unresolved alarms (red >
 yellow > missing; OpenTele's overview order, shared/CLINICAL.md), picked by a window function
@@ -298,7 +300,7 @@ class OverviewFeed:
 def assign(db: sqlite_utils.Database, patient: str, *, nurse: str) -> None:
     """Put `nurse` on a patient. NursingConflict when another nurse is on them already
     (they release the patient first), so two nurses never handle one patient unknowingly."""
-    _check_nurse(nurse)
+    _check_nurse(db, nurse, "patient.assign", patient)
     with store.transaction(db):
         admin.get_patient(db, patient)
         current = db.execute("SELECT nurse, since FROM assignments WHERE patient = ?",
@@ -309,12 +311,12 @@ def assign(db: sqlite_utils.Database, patient: str, *, nurse: str) -> None:
                                   f"{current[1][:16].replace('T', ' ')} UTC)")
         db.execute("INSERT INTO assignments (patient, nurse, since) VALUES (?, ?, ?)",
                    [patient, nurse, store.utc_text(datetime.now(UTC))])
-        store.audit(db, actor=nurse, action="patient.assign", patient=patient, nurse=nurse)
+        admin.audit(db, actor=nurse, action="patient.assign", patient=patient, nurse=nurse)
 
 
 def release(db: sqlite_utils.Database, patient: str, *, nurse: str) -> None:
     """Take `nurse` off a patient they are assigned to."""
-    _check_nurse(nurse)
+    _check_nurse(db, nurse, "patient.release", patient)
     with store.transaction(db):
         admin.get_patient(db, patient)
         current = db.execute("SELECT nurse FROM assignments WHERE patient = ?",
@@ -323,7 +325,7 @@ def release(db: sqlite_utils.Database, patient: str, *, nurse: str) -> None:
             whom = f"to {current[0]}" if current else "to anyone"
             raise NursingConflict(f"{patient} is not assigned to you (assigned {whom})")
         db.execute("DELETE FROM assignments WHERE patient = ?", [patient])
-        store.audit(db, actor=nurse, action="patient.release", patient=patient, nurse=nurse)
+        admin.audit(db, actor=nurse, action="patient.release", patient=patient, nurse=nurse)
 
 
 @dataclass(frozen=True)
@@ -336,13 +338,13 @@ class Contact:
 def mark_contacted(db: sqlite_utils.Database, patient: str, *, nurse: str,
                    note: str = "") -> Contact:
     """Record that the nurse has contacted the patient (by phone, video), with a note."""
-    _check_nurse(nurse)
+    _check_nurse(db, nurse, "patient.contacted", patient)
     contact = Contact(datetime.now(UTC), nurse, note.strip())
     with store.transaction(db):
         admin.get_patient(db, patient)
         db.execute("INSERT INTO contacts (patient, at, nurse, note) VALUES (?, ?, ?, ?)",
                    [patient, store.utc_text(contact.at), nurse, contact.note])
-        store.audit(db, actor=nurse, action="patient.contacted", patient=patient,
+        admin.audit(db, actor=nurse, action="patient.contacted", patient=patient,
                     note=contact.note)
     return contact
 
@@ -359,7 +361,7 @@ def review_green(db: sqlite_utils.Database, shown: Mapping[str, int], *,
     newest reading the nurse was shown (`shown`: patient -> OverviewRow.latest_reading), so a
     reading that arrived since is not marked seen. A patient with an unresolved alarm by now
     is skipped and said why. Two nurses at once: the further review is kept."""
-    _check_nurse(nurse)
+    _check_nurse(db, nurse, "patient.reviewed")
     reviewed, skipped = [], {}
     now = store.utc_text(datetime.now(UTC))
     with store.transaction(db):
@@ -377,15 +379,18 @@ def review_green(db: sqlite_utils.Database, shown: Mapping[str, int], *,
                        "ON CONFLICT (patient) DO UPDATE SET upto = excluded.upto, "
                        "at = excluded.at, nurse = excluded.nurse WHERE excluded.upto > upto",
                        [patient, upto, now, nurse])
-            store.audit(db, actor=nurse, action="patient.reviewed", patient=patient,
+            admin.audit(db, actor=nurse, action="patient.reviewed", patient=patient,
                         upto=upto)
             reviewed.append(patient)
     return ReviewOutcome(reviewed, skipped)
 
 
-def _check_nurse(nurse: str) -> None:
+def _check_nurse(db: sqlite_utils.Database, nurse: str, attempted: str,
+                 patient: str | None = None) -> None:
+    """A name is given and (once staff are registered) holds the right alarm.handle."""
     if not nurse.strip():
         raise admin.InvalidInput("say who you are: the dashboard needs the nurse's name")
+    admin.require(db, nurse, "alarm.handle", attempted, patient)
 
 
 # --- one patient ----------------------------------------------------------------------------
@@ -400,7 +405,7 @@ class Measure:
     times: np.ndarray  # seconds since the epoch, UTC, oldest first
     values: np.ndarray
     limits: LimitSet | None
-    limits_source: str  # "patient v<N>", "organisation", "module" or "none"
+    limits_source: str  # "patient v<N>", "organisation v<N>", "module" or "none"
     latest: Observation | None  # the newest reading (its value, time and device)
 
     @property
@@ -451,15 +456,17 @@ class LimitChoice:
     key: str
     module: str
     limits: LimitSet | None
-    source: str  # "patient v<N>", "organisation", "module" or "none"
+    source: str  # "patient v<N>", "organisation v<N>", "module" or "none"
 
 
 def limit_choices(db: sqlite_utils.Database, config: CentralConfig,
                   modules: Mapping[str, DiseaseModule], patient: str) -> list[LimitChoice]:
     """Each code of the patient's (installed) modules once, with the limits a new reading
-    would be checked against: the patient's own version in force, else the organisation's,
-    else the module's (the order of telemon.alarms)."""
-    own = {admin.code_key(v.code): v for v in admin.limits_in_force(db, patient)}
+    would be checked against: the patient's own version in force, else the organisation's
+    default version in force, else the module's (the order of telemon.alarms)."""
+    now = datetime.now(UTC)
+    own = {admin.code_key(v.code): v for v in admin.limits_in_force(db, patient, now)}
+    defaults = alarms.Directory.organisation_defaults(db, config.organisation)
     choices: dict[str, LimitChoice] = {}
     for name in admin.get_patient(db, patient).enrolment.modules:
         module = modules.get(name)
@@ -471,7 +478,7 @@ def limit_choices(db: sqlite_utils.Database, config: CentralConfig,
             if key in own:
                 found = (own[key].limits, f"patient v{own[key].version}")
             else:
-                found = alarms.shared_limits(config, module, key) or (None, "none")
+                found = alarms.shared_limits(defaults, module, key, now) or (None, "none")
             choices[key] = LimitChoice(key, name, *found)
     return list(choices.values())
 
@@ -481,7 +488,8 @@ def patient_record(db: sqlite_utils.Database, patient: str, *, nurse: str,
                    now: datetime | None = None, audited: bool = True) -> PatientRecord:
     """Everything the patient view shows. The nurse opening it is audited ("patient.show",
     as admin.show_patient); reading it again while it is open (`audited=False`) is not."""
-    _check_nurse(nurse)
+    if not nurse.strip():
+        raise admin.InvalidInput("say who you are: the dashboard needs the nurse's name")
     now = now or datetime.now(UTC)
     if audited:
         found = admin.show_patient(db, patient, actor=nurse).patient

@@ -1,9 +1,10 @@
 """Staff roles and the rights each holds: who may read a patient's detail, set limits, enrol.
 
 Three roles: a nurse follows patients (reads them, records consent, sets a patient's own
-limits); a team lead can do all of that too and answers for the organisation's default limits;
-an administrator manages enrolment (patients, modules, gateways) and the staff list, and
-reads patients to do so, but sets no clinical limits.
+limits, handles alarms in the dashboard); a team lead can do all of that too, answers for the
+organisation's default limits and reads the audit log; an administrator manages enrolment
+(patients, modules, gateways) and the staff list, reads patients to do so and reads the audit
+log, but sets no clinical limits and handles no alarms.
 
 Rights are enforced once the organisation has registered staff (`telemon staff add`): from
 then on every change and audited read through telemon.admin needs a registered name with a
@@ -14,7 +15,9 @@ administrator, who can then add the others.
 The name is who the person says they are (`--by`, $TELEMON_USER, the dashboard's nurse): this
 keeps honest people within their role and makes every refusal visible in the audit log; it is
 no defence against someone who can write the database file, which the file's owner-only
-permissions are (SECURITY.md, docs/roles-and-consent.md).
+permissions are (SECURITY.md, docs/roles-and-consent.md). What the operating system did
+authenticate is recorded beside the name (`identity`): under sudo, the account that ran sudo
+(SUDO_USER) and the account the process runs as.
 
 This module holds the model and reads the `staff` table; telemon.admin changes it and checks
 the rights, so that a refusal is an AdminError like any other (the dashboard shows those).
@@ -22,6 +25,8 @@ the rights, so that a refusal is an AdminError like any other (the dashboard sho
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +39,10 @@ RIGHTS: Mapping[str, frozenset[str]] = {
     "patient.read": frozenset(ROLES),  # patient show / list, limits history, the dashboard
     "consent.record": frozenset(ROLES),
     "limits.set": frozenset({"nurse", "team_lead"}),  # a patient's own limits
+    "limits.defaults": frozenset({"team_lead"}),  # the organisation's default limits
+    "alarm.handle": frozenset({"nurse", "team_lead"}),  # acknowledge, resolve, assign,
+    # contacted, greens reviewed (the dashboard)
+    "audit.read": frozenset({"team_lead", "administrator"}),  # telemon audit
     "enrolment.change": frozenset({"administrator"}),  # patients, modules, gateways
     "staff.manage": frozenset({"administrator"}),
 }
@@ -84,3 +93,32 @@ def missing_right(db: sqlite_utils.Database, actor: str, right: str) -> str | No
     if role not in RIGHTS[right]:
         return f"{actor.strip()} ({role}) lacks the right {right}: {held_by}"
     return None
+
+
+def os_account() -> str | None:
+    """The name of the account this process runs as, from its real user id (not from
+    $USER or $LOGNAME, which anyone can set); None if the id has no name."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return None
+
+
+def sudo_user() -> str | None:
+    """The account that started this process through sudo ($SUDO_USER, which sudo sets after
+    authenticating it), or None when not run through sudo."""
+    return os.environ.get("SUDO_USER", "").strip() or None
+
+
+def identity() -> dict[str, str]:
+    """What the operating system authenticated, for an audit entry beside the claimed name:
+    under sudo, {"sudo_user": who ran sudo, "os_user": the account it runs as}; else nothing.
+
+    sudo sets SUDO_USER itself, so it is the authenticated person whenever the process could
+    only have been started through sudo (the database owned by a service account, 0600).
+    A process started without sudo can set any SUDO_USER: `os_user`, from the kernel, is
+    recorded with it so such an entry shows the account that really wrote it."""
+    invoker = sudo_user()
+    if invoker is None:
+        return {}
+    return {"sudo_user": invoker, "os_user": os_account() or str(os.getuid())}

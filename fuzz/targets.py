@@ -23,7 +23,7 @@ from typing import Any
 
 from telemon import admin, config, mqtt, plugin_manager, sim, store, wire
 from telemon.alarms import AlarmEngine
-from telemon.central import Central, Message
+from telemon.central import Central, Message, decode_payload
 from telemon.codes import KNOWN
 from telemon.config import ConfigError
 from telemon.drivers import Driver, FrameError, ParseContext
@@ -318,7 +318,7 @@ def check_ingest(ingest: Ingest, topic: str, payload: bytes, keep: bool = True) 
     try:
         last_row = db.execute("SELECT COALESCE(MAX(id), 0) FROM quarantine").fetchone()[0]
         changes = db.conn.total_changes
-        central._ingest(Message(topic, payload, 0, 1), T0)
+        central._ingest(Message(topic, payload, 0, 1), decode_payload(payload), T0)
         rows = db.execute("SELECT source, reason FROM quarantine WHERE id > ?",
                           [last_row]).fetchall()
         written = db.conn.total_changes - changes

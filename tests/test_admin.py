@@ -295,7 +295,7 @@ def one_line_error(result, code: int, message: str) -> None:
 
 def test_cli_enrols_and_shows_a_patient_in_their_time_zone(run, central):
     result = run("patient", "add", "p-0001", "--name", NAME, "--module", "copd",
-                 "--gateway", "gw-1", "--gateway", "gw-2")
+                 "--gateway", "gw-1", "--gateway", "gw-2", "--reason", "referral")
     assert result.exit_code == 0, result.output
     assert result.output == "added patient p-0001 (modules: copd; gateways: gw-1, gw-2)\n"
     assert NAME not in result.output
@@ -306,7 +306,8 @@ def test_cli_enrols_and_shows_a_patient_in_their_time_zone(run, central):
     assert result.exit_code == 0, result.output
     assert result.output == ("p-0001 spo2: version 1 from 2026-01-15 13:00 CET: "
                              "red < 86, yellow < 89.5\n")
-    assert run("consent", "grant", "p-0001", "monitoring").exit_code == 0
+    assert run("consent", "grant", "p-0001", "monitoring", "--reason", "signed form"
+               ).exit_code == 0
 
     result = run("patient", "show", "p-0001")
     assert result.exit_code == 0, result.output
@@ -332,8 +333,8 @@ def test_cli_enrols_and_shows_a_patient_in_their_time_zone(run, central):
 
 def test_cli_lists_patients_and_audits_the_read(run, central):
     run("patient", "add", "p-0002", "--name", "Test Patient 2", "--module", "copd",
-        "--timezone", "America/Godthab")
-    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd")
+        "--timezone", "America/Godthab", "--reason", "referral")
+    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd", "--reason", "referral")
     result = run("patient", "list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -348,7 +349,7 @@ def test_cli_lists_patients_and_audits_the_read(run, central):
 
 
 def test_cli_limits_history_and_audit_query(run, central):
-    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd")
+    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd", "--reason", "referral")
     for day, red_low in (("2026-01-10", "86"), ("2026-02-10", "85")):
         result = run("limits", "set", "p-0001", "spo2", "--red-low", red_low,
                      "--reason", f"review {day}", "--valid-from", f"{day}T09:00")
@@ -365,25 +366,67 @@ def test_cli_limits_history_and_audit_query(run, central):
     assert [e["action"] for e in entries] == ["patient.add", "limits.set", "limits.set",
                                               "limits.history", "limits.history"]
     assert entries[2]["detail"]["before"]["red_low"] == 86
+    assert [e["why"] for e in entries[:3]] == ["referral", "review 2026-01-10",
+                                               "review 2026-02-10"]
     tomorrow = (datetime.now(CPH) + timedelta(days=1)).date().isoformat()
     assert json.loads(run("audit", "--since", tomorrow, "--json").output) == []
-    table = run("audit", "--patient", "p-0001").output.splitlines()
-    assert table[0].split() == ["TIME", "ACTOR", "ACTION", "PATIENT", "DETAIL"]
-    assert len(table) == 1 + len(entries)
+    table = run("audit", "--patient", "p-0001", "--purpose", "quarterly check").output
+    lines = table.splitlines()
+    assert lines[0].split() == ["TIME", "ACTOR", "ACTION", "PATIENT", "WHY", "DETAIL"]
+    # the first query of the patient's entries is among them now: reading is audited
+    assert len(lines) == 1 + len(entries) + 1
+    set_row = next(line for line in lines if "review 2026-02-10" in line)
+    assert set_row.split()[3:7] == ["nurse-env", "limits.set", "p-0001", "review"]
+    assert '"reason"' not in set_row  # the reason is shown once, in WHY
+    reads = [e for e in audit_log(central) if e.action == "audit.read"]
+    assert [(e.actor, e.patient, e.detail.get("purpose"), e.detail["entries"])
+            for e in reads] == [("nurse-env", "p-0001", None, 5), ("nurse-env", None, None, 0),
+                                ("nurse-env", "p-0001", "quarterly check", 6)]
 
 
 def test_cli_modules_gateways_and_consent(run, central):
-    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd", "--gateway", "gw-1")
-    assert run("gateway", "bind", "p-0001", "gw-2").output == "p-0001: gateways gw-1, gw-2\n"
-    assert run("gateway", "unbind", "p-0001", "gw-1").output == "p-0001: gateways gw-2\n"
-    assert run("modules", "disable", "p-0001", "copd").output == "p-0001: modules none\n"
-    assert run("modules", "enable", "p-0001", "copd").output == "p-0001: modules copd\n"
-    result = run("consent", "withdraw", "p-0001", "research")
+    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd", "--gateway", "gw-1",
+        "--reason", "referral")
+    assert run("gateway", "bind", "p-0001", "gw-2", "--reason", "second home"
+               ).output == "p-0001: gateways gw-1, gw-2\n"
+    assert run("gateway", "unbind", "p-0001", "gw-1", "--reason", "returned"
+               ).output == "p-0001: gateways gw-2\n"
+    assert run("modules", "disable", "p-0001", "copd", "--reason", "paused"
+               ).output == "p-0001: modules none\n"
+    assert run("modules", "enable", "p-0001", "copd", "--reason", "resumed"
+               ).output == "p-0001: modules copd\n"
+    result = run("consent", "withdraw", "p-0001", "research", "--reason", "by phone")
     assert result.output.startswith("p-0001: consent to research withdrawn at ")
     entries = audit_log(central)
-    assert [e.action for e in entries][1:] == [
-        "gateway.bind", "gateway.unbind", "module.disable", "module.enable", "consent.withdraw"]
+    assert [(e.action, e.why) for e in entries] == [
+        ("patient.add", "referral"), ("gateway.bind", "second home"),
+        ("gateway.unbind", "returned"), ("module.disable", "paused"),
+        ("module.enable", "resumed"), ("consent.withdraw", "by phone")]
     assert entries[-1].detail["purpose"] == "research"
+    assert entries[-1].detail["reason"] == "by phone"
+
+
+@pytest.mark.parametrize("args", [
+    ["patient", "add", "p-0002", "--name", "Test Patient 2", "--module", "copd"],
+    ["gateway", "bind", "p-0001", "gw-2"],
+    ["gateway", "unbind", "p-0001", "gw-1"],
+    ["modules", "disable", "p-0001", "copd"],
+    ["modules", "enable", "p-0001", "copd"],
+    ["consent", "grant", "p-0001", "research"],
+    ["consent", "withdraw", "p-0001", "research"],
+    ["staff", "add", "admin-a", "--role", "administrator"],
+    ["staff", "remove", "admin-a"],
+    ["limits", "set", "p-0001", "spo2", "--red-low", "85"],
+    ["limits", "defaults", "set", "copd", "spo2", "--red-low", "85"],
+])
+def test_cli_changes_need_a_reason_and_nothing_is_changed_without_one(run, central, args):
+    run("patient", "add", "p-0001", "--name", NAME, "--module", "copd", "--gateway", "gw-1",
+        "--reason", "referral")
+    missing = run(*args)
+    assert missing.exit_code == 2 and "Missing option '--reason'" in missing.output
+    blank = run(*args, "--reason", "  ")
+    assert blank.exit_code == 2 and "say why: it is kept in the audit log" in blank.output
+    assert [e.action for e in audit_log(central)] == ["patient.add"]
 
 
 def test_modules_alone_lists_installed_modules_with_default_limits(run):
@@ -458,11 +501,12 @@ def test_modules_json_describes_codes_rules_schedule_and_questionnaires(run):
 
 @pytest.mark.parametrize("args, code, message", [
     (["patient", "show", "p-0404"], 1, "unknown patient p-0404"),
-    (["patient", "add", "p-0001", "--name", "Test Patient 9", "--module", "copd"], 1,
-     "patient p-0001 already exists"),
-    (["patient", "add", "p-0002", "--name", "Test Patient 2", "--module", "hf"], 2,
+    (["patient", "add", "p-0001", "--name", "Test Patient 9", "--module", "copd",
+      "--reason", "x"], 1, "patient p-0001 already exists"),
+    (["patient", "add", "p-0002", "--name", "Test Patient 2", "--module", "hf",
+      "--reason", "x"], 2,
      f"unknown module 'hf' (installed modules: {', '.join(sorted(INSTALLED))})"),
-    (["modules", "enable", "p-0001", "hf"], 2,
+    (["modules", "enable", "p-0001", "hf", "--reason", "x"], 2,
      f"unknown module 'hf' (installed modules: {', '.join(sorted(INSTALLED))})"),
     (["limits", "set", "p-0001", "spox", "--red-low", "90", "--reason", "x"], 2,
      "unknown code 'spox'; did you mean spo2? (known codes: " + ", ".join(KNOWN) + ")"),
@@ -472,12 +516,14 @@ def test_modules_json_describes_codes_rules_schedule_and_questionnaires(run):
      "spo2 red_low 900 is outside the plausible range 50 to 100 %"),
     (["limits", "set", "p-0001", "spo2", "--red-low", "88", "--reason", "x",
       "--valid-from", "soon"], 2, "--valid-from: 'soon' is not an ISO 8601 date or time"),
-    (["gateway", "bind", "p-0001", "gw-1"], 1, "gateway gw-1 is already bound to p-0001"),
-    (["consent", "grant", "p-0404", "monitoring"], 1, "unknown patient p-0404"),
+    (["gateway", "bind", "p-0001", "gw-1", "--reason", "x"], 1,
+     "gateway gw-1 is already bound to p-0001"),
+    (["consent", "grant", "p-0404", "monitoring", "--reason", "x"], 1,
+     "unknown patient p-0404"),
 ])
 def test_cli_errors_are_one_line_with_an_exit_code(run, central, args, code, message):
     assert run("patient", "add", "p-0001", "--name", NAME, "--module", "copd",
-               "--gateway", "gw-1").exit_code == 0
+               "--gateway", "gw-1", "--reason", "referral").exit_code == 0
     result = run(*args)
     one_line_error(result, code, message)
     assert NAME not in result.output

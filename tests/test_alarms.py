@@ -11,7 +11,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from telemon import alarms, config, plugin_manager, store
+from telemon import admin, alarms, config, plugin_manager, store
 from telemon.codes import KNOWN
 from telemon.models import Component, Enrolment, LimitSet, LimitVersion, Observation, Triage
 
@@ -23,8 +23,7 @@ def central_config(tmp_path, registry=None, **extra):
     data = {"role": "central", "organisation": ORG,
             "broker": {"url": "mqtt://127.0.0.1:1"}, "storage": {"path": str(tmp_path)},
             "alarms": {"escalate_red_after_minutes": 30},
-            "modules": {"copd": {"enabled": True, "limits": {
-                "pulse": {"yellow_low": 45, "yellow_high": 110, "red_high": 130}}}}} | extra
+            "modules": {"copd": {"enabled": True}}} | extra
     loaded, problems = config.validate(data, registry or plugin_manager.get()[1])
     assert not problems, problems
     return loaded
@@ -52,6 +51,11 @@ def reading(i, key="spo2", value="95", patient="p-0001", at=None, unit=None):
 def engine(tmp_path):
     db = store.open_database(tmp_path / "central.db")
     enrol(db)
+    admin.set_default_limits(  # the organisation's pulse limits (a team lead's)
+        db, organisation=ORG, module="copd", code_key="pulse",
+        limits=LimitSet(yellow_low=Decimal(45), yellow_high=Decimal(110), red_high=Decimal(130)),
+        reason="test", actor="lead-test", installed_modules=plugin_manager.get()[1].modules,
+        valid_from=T0 - timedelta(days=30))
     engine = alarms.AlarmEngine(db, central_config(tmp_path), plugin_manager.get()[1].modules)
     engine.directory.refresh()
     yield engine
@@ -89,7 +93,7 @@ def test_limits_come_from_the_patient_then_the_organisation_then_the_module(engi
         ("copd", "spo2", "yellow", '{"red_low":88,"yellow_low":90,"yellow_high":null,'
                                    '"red_high":null}', "module")]
     (_, _, severity, limits, source), = evaluations(db, "p-0001-pulse-2")
-    assert (severity, source) == ("green", "organisation")  # 105 < the org's yellow_high 110
+    assert (severity, source) == ("green", "organisation v1")  # 105 < the org's yellow_high
     assert msgspec.json.decode(limits, type=LimitSet).yellow_high == Decimal(110)
 
     valid_from = T0 + timedelta(hours=1)

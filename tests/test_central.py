@@ -201,6 +201,30 @@ def test_what_a_gateway_may_not_send_is_quarantined_with_the_reason(tmp_path, mo
     assert {r[0] for r in db.execute("SELECT rule FROM alarms")} <= {"missing"}  # not forged
 
 
+def test_a_message_that_breaks_the_decoder_is_quarantined_alone(tmp_path, mosquitto, central,
+                                                                monkeypatch):
+    running, db = central
+    real = wire.decode_message
+
+    def decode_message(payload: bytes):
+        if b"gw-1-p-0001-spo2-2" in payload:
+            raise RuntimeError("decoder bug")
+        return real(payload)
+
+    monkeypatch.setattr(wire, "decode_message", decode_message)
+    topic = mqtt.obs_topic(ORG, "gw-1")
+    for i in range(1, 4):
+        subprocess.run([MOSQUITTO_PUB, "-p", str(mosquitto.port), "-V", "5", "-q", "1",
+                        "-t", topic, "-m", wire.encode(reading(i, "p-0001", "gw-1")).decode()],
+                       check=True, timeout=10)
+    assert wait_until(lambda: running.counters.messages == 3)
+    assert [r[0] for r in db.execute("SELECT id FROM observations ORDER BY id")] == [
+        "gw-1-p-0001-spo2-1", "gw-1-p-0001-spo2-3"]
+    (reason, payload), = db.execute("SELECT reason, payload FROM quarantine").fetchall()
+    assert reason == "could not be processed: RuntimeError('decoder bug')"
+    assert real(payload).records == [reading(2, "p-0001", "gw-1")]  # the bytes as they came
+
+
 def test_a_reading_delivered_again_is_stored_and_evaluated_once(tmp_path, mosquitto, central):
     running, db = central
     topic = mqtt.obs_topic(ORG, "gw-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -20,6 +21,7 @@ from telemon.config import (
     SecretRef,
     check_file,
     load,
+    validate_limits,
 )
 from telemon.drivers import Driver, LineFramer, SerialSettings, StreamProtocol
 from telemon.models import LimitSet
@@ -86,8 +88,6 @@ def test_central_example_loads():
     assert config.storage.path == Path("/var/lib/telemon/central")
     copd = config.modules["copd"]
     assert copd.enabled is True
-    assert copd.limits["spo2"] == LimitSet(red_low=Decimal(88), yellow_low=Decimal(90))
-    assert copd.limits["temperature"].red_high == Decimal("38.5")
     assert config.exporters["csv"].enabled is True
     assert dict(config.exporters["csv"].options) == {"directory": "/var/lib/telemon/export/csv"}
     with pytest.raises(TypeError):
@@ -104,16 +104,12 @@ def test_edge_defaults(tmp_path):
     assert (config.broker.port, config.broker.tls, config.broker.password) == (1883, False, None)
 
 
-def test_limits_become_decimals_of_what_was_written(tmp_path):
-    path = tmp_path / "central.toml"
-    path.write_text(central(tail="[modules.copd]\nenabled = false\n"
-                                 "[modules.copd.limits.temperature]\nyellow_high = 37.2\n"),
-                    encoding="utf-8")
-    config = load(path, REGISTRY)
-    limits = config.modules["copd"].limits["temperature"]
-    assert limits == LimitSet(yellow_high=Decimal("37.2"))  # not the binary 37.2000000000000028
-    assert config.modules["copd"].enabled is False
-    assert set(config.modules["copd"].limits) == {"temperature"}
+def test_limits_become_decimals_of_what_was_written():
+    found, problems = validate_limits({"temperature": {"yellow_high": 37.2}},
+                                      REGISTRY.modules["copd"])
+    assert problems == []
+    # not the binary 37.2000000000000028
+    assert dict(found) == {"temperature": LimitSet(yellow_high=Decimal("37.2"))}
 
 
 def test_secret_reference_resolves(tmp_path, monkeypatch):
@@ -133,27 +129,67 @@ def test_wrong_type(tmp_path):
         'modules.copd.enabled: must be true or false, got "yes"']
 
 
-def test_limit_not_a_number(tmp_path):
+def limit_problems(data: dict) -> list[str]:
+    """What config.validate_limits says of per-code limits of COPD (evaluate --limits)."""
+    found, problems = validate_limits(data, REGISTRY.modules["copd"])
+    assert (found is None) == bool(problems)
+    return [str(p) for p in problems]
+
+
+def test_default_limits_in_the_central_config_are_refused_naming_the_command(tmp_path):
     text = central(tail='[modules.copd]\nenabled = true\n'
-                        '[modules.copd.limits.spo2]\nred_low = "ninety"\n')
-    assert problems(tmp_path, text) == [
-        'modules.copd.limits.spo2.red_low: must be a number between 50 and 100, got "ninety"']
+                        '[modules.copd.limits.spo2]\nred_low = 88\n')
+    key, message = one(tmp_path, text)
+    assert key == "modules.copd.limits"
+    assert message.startswith("the organisation's default limits are no longer read from "
+                              "the config: they are kept in the central's database")
+    assert "`telemon limits defaults set copd CODE --red-low" in message
+    assert "--reason TEXT" in message and message.endswith("remove this table")
+    # even an empty table: there is one place for the defaults, the database
+    assert [p.split(":")[0] for p in problems(
+        tmp_path, central(tail="[modules.copd]\nenabled = true\n[modules.copd.limits]\n"))] == [
+        "modules.copd.limits"]
+    # and it is not offered among the allowed keys of a module
+    key, message = one(tmp_path, central(tail="[modules.copd]\nenabled = true\nlimts = 1\n"))
+    assert message == "unknown key (allowed keys: enabled)"
 
 
-@pytest.mark.parametrize("value, shown", [("900", "900"), ("49.5", "49.5"), ("true", "true"),
-                                          ("nan", "nan"), ("inf", "inf")])
-def test_limit_out_of_plausible_range(tmp_path, value, shown):
-    text = central(tail=f'[modules.copd]\nenabled = true\n'
-                        f'[modules.copd.limits.spo2]\nyellow_low = {value}\n')
-    assert problems(tmp_path, text) == [
-        f"modules.copd.limits.spo2.yellow_low: must be a number between 50 and 100, got {shown}"]
+def test_limit_not_a_number():
+    assert limit_problems({"spo2": {"red_low": "ninety"}}) == [
+        'spo2.red_low: must be a number between 50 and 100, got "ninety"']
 
 
-def test_range_is_that_of_the_code(tmp_path):
-    text = central(tail='[modules.copd]\nenabled = true\n'
-                        '[modules.copd.limits.pulse]\nred_high = 251\n')
-    assert problems(tmp_path, text) == [
-        "modules.copd.limits.pulse.red_high: must be a number between 20 and 250, got 251"]
+@pytest.mark.parametrize("value, shown", [(900, "900"), (49.5, "49.5"), (True, "true"),
+                                          (math.nan, "nan"), (math.inf, "inf")])
+def test_limit_out_of_plausible_range(value, shown):
+    assert limit_problems({"spo2": {"yellow_low": value}}) == [
+        f"spo2.yellow_low: must be a number between 50 and 100, got {shown}"]
+
+
+def test_range_is_that_of_the_code():
+    assert limit_problems({"pulse": {"red_high": 251}}) == [
+        "pulse.red_high: must be a number between 20 and 250, got 251"]
+
+
+def test_code_not_in_module():
+    (message,) = limit_problems({"bp_sys": {"red_low": 90}})
+    assert message.startswith("bp_sys: unknown code for module copd")
+    assert "its codes: spo2, pulse, temperature, weight, fev1" in message
+
+
+def test_limits_out_of_order():
+    (message,) = limit_problems({"pulse": {"red_low": 60, "yellow_low": 50,
+                                           "yellow_high": 100}})
+    assert message.startswith("pulse: ")
+    assert "red_low" in message and "yellow_low" in message
+    assert "60" in message and "50" in message
+
+
+def test_equal_limits_are_in_order():
+    assert limit_problems({"pulse": {"red_low": 50, "yellow_low": 50}}) == []
+    found, _ = validate_limits({"pulse": {"red_low": 50, "yellow_low": 50.5}},
+                               REGISTRY.modules["copd"])
+    assert found == {"pulse": LimitSet(red_low=Decimal(50), yellow_low=Decimal("50.5"))}
 
 
 def test_unknown_key_with_suggestion(tmp_path):
@@ -175,30 +211,6 @@ def test_unknown_module(tmp_path):
     assert key == "modules.cpod"
     installed = ", ".join(plugin_manager.get()[1].modules)
     assert message == f'unknown module; did you mean "copd"? (installed modules: {installed})'
-
-
-def test_code_not_in_module(tmp_path):
-    text = central(tail="[modules.copd]\nenabled = true\n"
-                        "[modules.copd.limits.bp_sys]\nred_low = 90\n")
-    key, message = one(tmp_path, text)
-    assert key == "modules.copd.limits.bp_sys"
-    assert message.startswith("unknown code for module copd")
-    assert "its codes: spo2, pulse, temperature, weight, fev1" in message
-
-
-def test_limits_out_of_order(tmp_path):
-    text = central(tail="[modules.copd]\nenabled = true\n[modules.copd.limits.pulse]\n"
-                        "red_low = 60\nyellow_low = 50\nyellow_high = 100\n")
-    key, message = one(tmp_path, text)
-    assert key == "modules.copd.limits.pulse"
-    assert "red_low" in message and "yellow_low" in message
-    assert "60" in message and "50" in message
-
-
-def test_equal_limits_are_in_order(tmp_path):
-    text = central(tail="[modules.copd]\nenabled = true\n[modules.copd.limits.pulse]\n"
-                        "red_low = 50\nyellow_low = 50\n")
-    assert problems(tmp_path, text) == []
 
 
 def test_unknown_driver(tmp_path):
@@ -416,7 +428,7 @@ def test_every_problem_is_reported_in_one_run(tmp_path):
              '[exporters.csv]\nenabled = true\n',
     )
     expected_keys = ["gatway", "broker.url", "broker.password", "modules.copd.enabled",
-                     "modules.copd.limits.spo2.red_low", "modules.cpod",
+                     "modules.copd.limits", "modules.cpod",
                      "exporters.csv.directory"]
     path = tmp_path / "bad.toml"
     path.write_text(text, encoding="utf-8")

@@ -37,6 +37,7 @@ WARD = DiseaseModule(
     schedule=Schedule(codes=("spo2",), deadline=time(12, 0)), summarise=str,
     sources=("test module: copd.py's default limits",))
 MODULES = {"ward": WARD}
+ORG_PULSE = LimitSet(yellow_low=Decimal(50), yellow_high=Decimal(100), red_high=Decimal(130))
 
 
 def write_config(folder: Path, broker: str = "mqtt://127.0.0.1:1", module: str = "ward") -> Path:
@@ -51,10 +52,6 @@ url = "{broker}"
 path = "{folder / 'data'}"
 [modules.{module}]
 enabled = true
-[modules.{module}.limits.pulse]
-yellow_low = 50
-yellow_high = 100
-red_high = 130
 ''')
     return path
 
@@ -122,6 +119,10 @@ def build_ward(folder: Path, broker: str = "mqtt://127.0.0.1:1") -> Ward:
     cfg = load_config(config_path)
     database = store.central_database_path(cfg.storage.path)
     ward = Ward(folder, config_path, cfg, database, store.open_database(database))
+    # the organisation's own pulse limits, a team lead's, from well before the ward's day
+    admin.set_default_limits(ward.db, organisation=ORG, module="ward", code_key="pulse",
+                             limits=ORG_PULSE, reason="team conference", actor="lead-test",
+                             installed_modules=MODULES, valid_from=T0 - timedelta(days=30))
     for n in range(1, 6):
         ward.enrol(f"p-{n:04d}", f"Test Patient {n}")
     ward.ingest([
@@ -306,8 +307,8 @@ def test_the_patient_record_has_history_limits_alarms_and_its_read_is_audited(wa
     assert spo2.values.tolist() == [86.0]
     assert spo2.limits_source == "patient v1" and spo2.limits.red_low == Decimal(85)
     assert spo2.latest_value == "86 %" and spo2.latest.device == "spo2-meter-1"
-    # pulse: the organisation's limits (central.toml), weight: none
-    assert measures["pulse"].limits_source == "organisation"
+    # pulse: the organisation's default version (telemon limits defaults), weight: none
+    assert measures["pulse"].limits_source == "organisation v1"
     assert measures["pulse"].limits.red_high == Decimal(130)
     assert (measures["weight"].limits, measures["weight"].latest_value) == (None, "-")
     assert record.triage == Triage.RED
@@ -329,7 +330,7 @@ def test_limit_choices_name_where_the_limits_in_force_come_from(ward):
     choices = {c.key: c for c in nursing.limit_choices(ward.db, ward.config, MODULES,
                                                        "p-0002")}
     assert {k: c.source for k, c in choices.items()} == {
-        "spo2": "module", "pulse": "organisation", "weight": "none"}
+        "spo2": "module", "pulse": "organisation v1", "weight": "none"}
     # a module no longer installed is left out rather than failing
     assert nursing.limit_choices(ward.db, ward.config, {}, "p-0002") == []
 

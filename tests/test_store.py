@@ -26,6 +26,7 @@ from telemon.models import (
     Component,
     ConsentEvent,
     Enrolment,
+    Evaluation,
     LimitSet,
     LimitVersion,
     Observation,
@@ -314,6 +315,25 @@ def test_quarantine_keeps_the_exact_bytes_and_the_reason(db, path):
     assert store.quarantine(db, source="config", reason="x", payload=b"") == qid + 1
 
 
+def test_savepoints_nest_and_each_fails_alone(db, path):
+    with store.transaction(db):
+        with store.savepoint(db):
+            store.store_observations(db, [obs("kept-1")])
+            with pytest.raises(RuntimeError), store.savepoint(db):
+                store.store_observations(db, [obs("undone-1")])
+                raise RuntimeError("inner part fails")
+            store.store_observations(db, [obs("kept-2")])
+        with pytest.raises(RuntimeError), store.savepoint(db):
+            with store.savepoint(db):
+                store.store_observations(db, [obs("undone-2")])  # its own part succeeded
+            raise RuntimeError("outer part fails")
+        store.store_observations(db, [obs("kept-3")])
+    assert committed(path, "SELECT id FROM observations ORDER BY id") == [
+        ("kept-1",), ("kept-2",), ("kept-3",)]
+    with pytest.raises(RuntimeError, match="inside a transaction"), store.savepoint(db):
+        pass
+
+
 # --- migrations ---------------------------------------------------------------------------
 
 
@@ -328,8 +348,7 @@ def test_migrations_run_on_an_old_database(path):
                 ["2024-01-01T00:00:00.000000+00:00", "bad frame", b"\x01\x02"])
     assert "source" not in old["quarantine"].columns_dict
 
-    assert store.migrate(old) == ["m002_quarantine_source", "m003_central", "m004_nursing",
-                                  "m005_security"]
+    assert store.migrate(old) == [m.__name__ for m in store.MIGRATIONS[1:]]
     assert "source" in old["quarantine"].columns_dict
     assert list(old["quarantine"].rows) == [{
         "id": 1, "received": "2024-01-01T00:00:00.000000+00:00", "reason": "bad frame",
@@ -338,8 +357,7 @@ def test_migrations_run_on_an_old_database(path):
     assert msgspec.structs.replace(survivor, received=None) == obs()
     assert store.migrate(old) == []
     applied = [r[0] for r in old.execute("SELECT name FROM _migrations ORDER BY name")]
-    assert applied == ["m001_initial", "m002_quarantine_source", "m003_central", "m004_nursing",
-                       "m005_security"]
+    assert applied == sorted(m.__name__ for m in store.MIGRATIONS)
     assert {"patients", "audit", "evaluations", "export_cursors"} <= set(old.table_names())
     old.close()
 
@@ -355,7 +373,42 @@ def test_a_fresh_database_gets_every_migration(tmp_path):
     assert {"observations", "questionnaire_responses", "alarms", "alarm_events", "enrolments",
             "limits", "consent_events", "quarantine", "_migrations"} <= set(db.table_names())
     indexed = {tuple(i.columns) for i in db["observations"].indexes}
-    assert ("patient", "code", "effective") in indexed
+    assert ("patient", "code", "effective", "id", "code_system", "value") in indexed
+
+
+def test_evaluations_survive_their_move_to_a_table_in_arrival_order(tmp_path):
+    db = sqlite_utils.Database(tmp_path / "m006.db")
+    db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    for migration in store.MIGRATIONS[:store.MIGRATIONS.index(store.m007_ingest_speed)]:
+        with store.transaction(db):
+            migration(db)
+            db.execute("INSERT INTO _migrations VALUES (?, '2026-01-01')",
+                       [migration.__name__])
+    store.store_observations(db, [obs("obs-1"), obs("obs-2", effective=T0 + timedelta(1))])
+    limits = LimitSet(red_low=Decimal(85), yellow_low=Decimal(90))
+    evaluation = Evaluation(observation="obs-1", patient="p1", module="copd", code="spo2",
+                            severity="yellow", limits=limits, limits_source="patient v2",
+                            evaluated=T0)
+    store.store_evaluations(db, [evaluation])
+    before = db.execute("SELECT * FROM evaluations").fetchall()
+
+    db.close()
+
+    db = store.open_database(tmp_path / "m006.db")  # migrates, as the central does
+    assert db.execute("SELECT name FROM _migrations WHERE name = 'm007_ingest_speed'").fetchone()
+    assert db.execute("SELECT * FROM evaluations").fetchall() == before
+    store.store_evaluations(db, [evaluation, msgspec.structs.replace(
+        evaluation, observation="obs-2", severity="green")])  # obs-1's again: kept once
+    assert db.execute("SELECT observation, severity FROM evaluations ORDER BY rowid"
+                      ).fetchall() == [("obs-1", "yellow"), ("obs-2", "green")]
+    with pytest.raises(sqlite3.IntegrityError):  # still only for stored observations
+        store.store_evaluations(db, [msgspec.structs.replace(evaluation, observation="nope")])
+    # the trend rules' query reads the index alone, already in the order it asks for
+    plan = " ".join(row[3] for row in db.execute(
+        "EXPLAIN QUERY PLAN SELECT id, effective, value FROM observations WHERE patient = ? "
+        "AND code_system = ? AND code = ? AND effective >= ? ORDER BY effective DESC, "
+        "id DESC LIMIT 10", ["p1", MDC, "150456", "2025"]))
+    assert "COVERING INDEX observations_series" in plan and "TEMP B-TREE" not in plan
 
 
 def test_a_failing_migration_leaves_nothing_half_applied(db, monkeypatch):

@@ -206,7 +206,7 @@ def test_only_an_administrator_provisions_once_staff_are_registered(tmp_path):
     for name, role in (("admin-1", "administrator"), ("nurse-1", "nurse")):
         added = CliRunner().invoke(build_cli(), ["staff", "add", name, "--role", role,
                                                  "--config", str(tmp_path / "central.toml"),
-                                                 "--by", "admin-1"])
+                                                 "--by", "admin-1", "--reason", "new staff"])
         assert added.exit_code == 0, added.output
     refused = CliRunner().invoke(build_cli(), [
         "gateway", "provision", "gw-1", "--password-file", str(tmp_path / "pw"), "--config",

@@ -176,13 +176,47 @@ def test_resolve_turns_the_patient_green(ward):
             table = await opened(pilot)
             await pilot.press("r")
             await until(pilot, lambda: isinstance(app.screen, NoteDialog))
-            await pilot.press("enter")  # no note
+            await pilot.press("enter")  # no note: asked again, nothing saved
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, NoteDialog)
+            assert NoteDialog.REQUIRED_HINT in texts(app.screen)
+            assert alarm_events(ward, "p-0001")[-1][0] != "resolved"
+            await type_text(pilot, "stable on recheck")
+            await pilot.press("enter")
             await until(pilot, lambda: table.rows["p-0001"].triage == Triage.GREEN)
             assert [r.patient for r in table.shown][:2] == ["p-0002", "p-0004"]
             # the nurse has not moved the cursor: it stays on the worst patient
             assert table.current.patient == "p-0002"
     run(scenario)
-    assert alarm_events(ward, "p-0001")[-1] == ("resolved", "nurse-a", "")
+    assert alarm_events(ward, "p-0001")[-1] == ("resolved", "nurse-a", "stable on recheck")
+    entry = admin.audit_entries(ward.db, patient="p-0001")[-1]
+    assert (entry.action, entry.why) == ("alarm.resolved", "stable on recheck")
+
+
+def test_an_alarm_action_the_role_lacks_is_refused_in_one_line_and_audited(ward):
+    admin.add_staff(ward.db, name="admin-a", role="administrator", actor="setup")
+    admin.add_staff(ward.db, name="nurse-a", role="nurse", actor="admin-a")
+
+    async def scenario():
+        app = dashboard(ward, "admin-a")
+        async with app.run_test(size=SIZE) as pilot:
+            await opened(pilot)
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, NoteDialog))
+            await type_text(pilot, "on it")
+            await pilot.press("enter")
+            await until(pilot, lambda: app.told)
+            await pilot.press("m")  # assign to me: the same right
+            await until(pilot, lambda: len(app.told) >= 2)
+            return app.told
+    told = asyncio.run(scenario())
+    assert told == [
+        "refused: admin-a (administrator) lacks the right alarm.handle: the right "
+        "alarm.handle is held by nurse, team_lead"] * 2
+    assert alarm_events(ward, "p-0001")[-1][0] == "escalated"  # not acknowledged
+    assert [(e.actor, e.detail["attempted"]) for e in admin.audit_entries(ward.db)
+            if e.action == "refused"] == [("admin-a", "alarm.acknowledged"),
+                                          ("admin-a", "patient.assign")]
 
 
 def test_assign_to_me_shows_who_is_on_it_and_another_nurse_is_refused(ward):

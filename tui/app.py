@@ -11,7 +11,9 @@ connection: SQLite's rule):
   database poll at once. Without a broker the dashboard works the same from the database.
 * `save_action` saves what the nurse does (acknowledge, resolve, assign, contacted, limits,
   greens reviewed) through telemon.alarms / telemon.admin / telemon.nursing, each audited
-  with the nurse's name. Another nurse's earlier action is reported, never overwritten.
+  with the nurse's name (acknowledge and resolve with a required note: the why). Another
+  nurse's earlier action is reported, never overwritten; an action the nurse's role lacks
+  the right to (telemon.roles) is refused there, audited, and said like any other error.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ class DashboardApp(App):
                     rows = feed.load()
                     if not self.loaded.is_set():  # the names of every patient: a read of
                         # personal data, audited as `telemon patient list` is
-                        store.audit(db, actor=self.nurse, action="dashboard.open",
+                        admin.audit(db, actor=self.nurse, action="dashboard.open",
                                     patients=len(rows))
                     self.post_message(OverviewLoaded(rows))
                     self.post_message(DatabaseStatus(None))
@@ -292,7 +294,9 @@ class DashboardApp(App):
                 return f"acknowledged {patient}'s alarm"
             if note is not None:
                 self.save_action(acknowledge)
-        self.push_screen(NoteDialog(f"Acknowledge the alarm of {patient}", describe), save)
+        self.push_screen(NoteDialog(f"Acknowledge the alarm of {patient}", describe,
+                                    placeholder="why, what you do (required)", required=True),
+                         save)
 
     def resolve(self, alarm_id: str, patient: str, describe: str) -> None:
         """Ask for a note, then resolve the alarm."""
@@ -302,7 +306,9 @@ class DashboardApp(App):
                 return f"resolved {patient}'s alarm"
             if note is not None:
                 self.save_action(resolve)
-        self.push_screen(NoteDialog(f"Resolve the alarm of {patient}", describe), save)
+        self.push_screen(NoteDialog(f"Resolve the alarm of {patient}", describe,
+                                    placeholder="why it is resolved (required)",
+                                    required=True), save)
 
     def toggle_assignment(self, patient: str, assigned_to: str | None) -> None:
         """Assign the patient to me, or release them if they are mine."""

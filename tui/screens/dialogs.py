@@ -20,24 +20,32 @@ from telemon.tui.widgets.triage_table import LABELS
 
 
 class NoteDialog(ModalScreen[str | None]):
-    """One line of note for an action; Enter saves, Esc cancels (None)."""
+    """One line of note for an action; Enter saves, Esc cancels (None). A `required` note
+    (why an alarm is acknowledged or resolved: it is the audit entry's reason) is asked for
+    again until one is typed."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel")]
+    REQUIRED_HINT = "A note is required: say why (it is kept in the audit log)."
 
     def __init__(self, title: str, detail: str, *,
-                 placeholder: str = "note (optional)") -> None:
+                 placeholder: str = "note (optional)", required: bool = False) -> None:
         super().__init__()
         self.title_text, self.detail, self.placeholder = title, detail, placeholder
+        self.required = required
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.title_text, classes="dialog-title")
             yield Static(self.detail, classes="dialog-detail", markup=False)
             yield Input(placeholder=self.placeholder, id="note")
-            yield Static("Enter: save   Esc: cancel", classes="dialog-hint")
+            yield Static("Enter: save   Esc: cancel", classes="dialog-hint", id="hint")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        if self.required and not event.value.strip():
+            self.query_one("#hint", Static).update(
+                f"{self.REQUIRED_HINT}   Enter: save   Esc: cancel")
+            return
         self.dismiss(event.value.strip())
 
     def action_cancel(self) -> None:
