@@ -27,6 +27,7 @@ from textual.widgets import DataTable, Input, Select, Static
 from telemon import admin, mqtt, nursing, store, wire
 from telemon.central import Central
 from telemon.models import LimitSet, Triage
+from telemon.tui import app as dashboard_app
 from telemon.tui.app import DashboardApp, tui_command
 from telemon.tui.screens.dialogs import ConfirmDialog, FilterDialog, LimitsDialog, NoteDialog
 from telemon.tui.screens.help import HelpScreen
@@ -217,6 +218,26 @@ def test_an_alarm_action_the_role_lacks_is_refused_in_one_line_and_audited(ward)
     assert [(e.actor, e.detail["attempted"]) for e in admin.audit_entries(ward.db)
             if e.action == "refused"] == [("admin-a", "alarm.acknowledged"),
                                           ("admin-a", "patient.assign")]
+
+
+def test_someone_not_on_the_staff_list_is_refused_the_overview_and_audited(ward, monkeypatch):
+    admin.add_staff(ward.db, name="admin-a", role="administrator", actor="setup")
+    monkeypatch.setattr(dashboard_app, "RETRY_SECONDS", 0.02)  # a retry would show at once
+
+    async def scenario():
+        app = dashboard(ward, "visitor")
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.database_problem)
+            await pilot.pause(0.3)  # not tried again: one refusal, one audit entry
+            return table_lines(app.screen.query_one(TriageTable)), app.loaded.is_set()
+    lines, loaded = asyncio.run(scenario())
+    assert not loaded
+    assert "refused: visitor is not registered staff" in "".join(lines)
+    assert not any("p-0001" in line for line in lines)  # no patient shown
+    assert [(e.actor, e.detail["right"], e.detail["attempted"])
+            for e in admin.audit_entries(ward.db) if e.action == "refused"] == [
+        ("visitor", "patient.read", "dashboard.open")]
+    assert not [e for e in admin.audit_entries(ward.db) if e.action == "dashboard.open"]
 
 
 def test_assign_to_me_shows_who_is_on_it_and_another_nurse_is_refused(ward):

@@ -132,10 +132,12 @@ class DashboardApp(App):
                 if db is None or feed is None:
                     db = nursing.open_existing(self.database)
                     db.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
+                    if not self.loaded.is_set():  # the names of every patient: a read of
+                        # personal data, checked and audited as `telemon patient list` is
+                        admin.require(db, self.nurse, "patient.read", "dashboard.open")
                     feed = nursing.OverviewFeed(db)
                     rows = feed.load()
-                    if not self.loaded.is_set():  # the names of every patient: a read of
-                        # personal data, audited as `telemon patient list` is
+                    if not self.loaded.is_set():
                         admin.audit(db, actor=self.nurse, action="dashboard.open",
                                     patients=len(rows))
                     self.post_message(OverviewLoaded(rows))
@@ -148,6 +150,9 @@ class DashboardApp(App):
                         self.post_message(OverviewChanged(change))
                     if self.database_problem:
                         self.post_message(DatabaseStatus(None))
+            except admin.Refused as exc:  # shown; not tried again (each try is audited)
+                self.post_message(DatabaseStatus(str(exc)))
+                return
             except Exception as exc:  # sqlite3.Error, DatabaseMissing; a bug too: shown, retried
                 if not isinstance(exc, (sqlite3.Error, nursing.DatabaseMissing)):
                     logger.exception("reading the overview failed")
