@@ -10,6 +10,12 @@ So the figure is the consumer's steady rate, not the publisher's, and not start-
 
 * `bare`: a paho-mqtt subscriber in its own shared-subscription group that counts messages
   (paho acknowledges each after the callback): the ceiling of a Python MQTT consumer here.
+* `durable`: the least any ingest that keeps every reading must do: a paho subscriber with
+  manual acks that takes each reading's id, patient, code and time out of the batch (msgspec,
+  no validation), inserts it with its bytes into SQLite (the id as primary key, one index
+  per patient, code and time; WAL, synchronous=FULL, one commit per group as the central)
+  and acknowledges after the commit. No enrolment check, no evaluation: the floor under the
+  central, so the ratios show how much of the gap is durable storage itself.
 * `central`: `telemon.central.Central` with the COPD module: decode, check the enrolment,
   store, evaluate every reading against its limits, commit, then acknowledge.
 
@@ -27,6 +33,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import sqlite3
 import sys
 import threading
 import time
@@ -34,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -83,9 +91,10 @@ def payloads(shape: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def client(client_id: str, port: int, *, expiry: int = 3600, inflight: int = 20) -> paho.Client:
+def client(client_id: str, port: int, *, expiry: int = 3600, inflight: int = 20,
+           manual_ack: bool = False) -> paho.Client:
     c = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                    protocol=MQTTProtocolVersion.MQTTv5)
+                    protocol=MQTTProtocolVersion.MQTTv5, manual_ack=manual_ack)
     c.max_inflight_messages_set(inflight)
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = expiry
@@ -210,18 +219,91 @@ def drain_with_bare(port: int, shape: str) -> float:
     return elapsed
 
 
+class _Code(msgspec.Struct):
+    code: str
+
+
+class _Reading(msgspec.Struct):
+    """What the durable peer takes out of a reading (the rest is kept as bytes)."""
+
+    id: str
+    patient: str
+    code: _Code
+    effective: str
+
+
+class _Batch(msgspec.Struct):
+    items: list[msgspec.Raw]
+
+
+_batch = msgspec.json.Decoder(_Batch)
+_reading = msgspec.json.Decoder(_Reading)
+
+
+def drain_with_durable(port: int, shape: str, path: Path) -> float:
+    messages = payloads(shape)
+    for other in ("bench-central", "bench-bare"):
+        forget_session(other, port)
+    open_session("bench-durable", port, f"$share/durable-{ORG}/{mqtt.ROOT}/{ORG}/+/obs")
+    publish(port, messages)
+    db = sqlite3.connect(path, isolation_level=None)
+    for pragma in ("journal_mode = WAL", "synchronous = FULL", "cache_size = -65536"):
+        db.execute(f"PRAGMA {pragma}")
+    db.executescript("""
+        CREATE TABLE IF NOT EXISTS readings (id TEXT PRIMARY KEY, patient TEXT NOT NULL,
+            code TEXT NOT NULL, effective TEXT NOT NULL, item BLOB NOT NULL);
+        CREATE INDEX IF NOT EXISTS readings_series ON readings (patient, code, effective);
+    """)
+    pending: list = []
+    c = client("bench-durable", port, manual_ack=True)
+    c.on_message = lambda _c, _u, m: pending.append(m)
+    handled, first = 0, None
+    while handled < len(messages):
+        c.loop(0.05)
+        while pending and len(pending) < 500:  # a group: what is already waiting
+            before = len(pending)
+            c.loop(0)
+            if len(pending) == before:
+                break
+        if not pending:
+            continue
+        first = first or time.perf_counter()
+        rows = []
+        for message in pending:
+            for item in _batch.decode(message.payload).items:
+                r = _reading.decode(item)
+                rows.append((r.id, r.patient, r.code.code, r.effective, bytes(item)))
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO readings VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       rows)
+        db.execute("COMMIT")
+        for message in pending:
+            c.ack(message.mid, message.qos)
+        handled += len(pending)
+        pending.clear()
+    elapsed = time.perf_counter() - first
+    c.loop(0.05)  # the last acknowledgements out
+    c.disconnect()
+    db.close()
+    forget_session("bench-durable", port)
+    return elapsed
+
+
 def observations_per_second(shape: str, seconds: float) -> float:
     messages, per = BACKLOG[shape]
     return messages * per / seconds
 
 
 @pytest.mark.parametrize("shape", ["batched", "single"])
-@pytest.mark.parametrize("peer", ["bare", "central"])
-def test_ingest(benchmark, broker, central_config, shape, peer):
+@pytest.mark.parametrize("peer", ["bare", "durable", "central"])
+def test_ingest(benchmark, broker, central_config, tmp_path_factory, shape, peer):
     benchmark.group = f"ingest-{shape}"
     benchmark.extra_info["observations"] = BACKLOG[shape][0] * BACKLOG[shape][1]
     if peer == "central":
         run = lambda: drain_with_central(central_config, broker.port, shape)  # noqa: E731
+    elif peer == "durable":
+        path = tmp_path_factory.mktemp("durable") / "durable.db"
+        run = lambda: drain_with_durable(broker.port, shape, path)  # noqa: E731
     else:
         run = lambda: drain_with_bare(broker.port, shape)  # noqa: E731
     seconds = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
@@ -293,7 +375,10 @@ def test_report_ratios():
     if not RESULTS:
         pytest.skip("benchmarks disabled: no timings to compare")
     for shape in BACKLOG:
-        bare, central = RESULTS.get((shape, "bare")), RESULTS.get((shape, "central"))
-        if bare and central:
-            print(f"\ningest {shape}: central {central:,.0f} obs/s, bare subscriber "
-                  f"{bare:,.0f} obs/s, ratio {central / bare:.2f}")
+        bare, durable, central = (RESULTS.get((shape, peer))
+                                  for peer in ("bare", "durable", "central"))
+        if bare and durable and central:
+            print(f"\ningest {shape}: central {central:,.0f} obs/s, durable-storage floor "
+                  f"{durable:,.0f} obs/s, bare subscriber {bare:,.0f} obs/s; central/bare "
+                  f"{central / bare:.2f}, durable/bare {durable / bare:.2f}, central/durable "
+                  f"{central / durable:.2f}")
