@@ -681,6 +681,27 @@ def reason_option(example: str) -> Callable[[Callable[..., Any]], Callable[..., 
                         help=f"Why (kept in the audit log), e.g. {example}.")
 
 
+def limit_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--red-low, --yellow-low, --yellow-high, --red-high, given to the command as one
+    `limits` (a LimitSet: levels out of order are refused, naming the command's CODE, with
+    the exit code of any invalid input)."""
+    @functools.wraps(command)
+    def run(*, red_low: Decimal | None, yellow_low: Decimal | None,
+            yellow_high: Decimal | None, red_high: Decimal | None, **kwargs: Any) -> Any:
+        try:
+            limits = LimitSet(red_low=red_low, yellow_low=yellow_low, yellow_high=yellow_high,
+                              red_high=red_high)
+        except ValueError as exc:  # out of order
+            raise CommandError(f"{kwargs['code']}: {exc}", 2) from None
+        return command(limits=limits, **kwargs)
+    for name, help_text in reversed((("--red-low", "Below this: red."),
+                                     ("--yellow-low", "Below this: yellow."),
+                                     ("--yellow-high", "Above this: yellow."),
+                                     ("--red-high", "Above this: red."))):
+        run = click.option(name, type=_DecimalType(), help=help_text)(run)
+    return run
+
+
 purpose_option = click.option(
     "--purpose", default="", metavar="TEXT",
     help="Why you read it (optional; kept in the audit log with the read).")
@@ -847,10 +868,7 @@ def limits_group() -> None:
 @limits_group.command(name="set")
 @click.argument("patient_id", metavar="PATIENT")
 @click.argument("code", metavar="CODE")
-@click.option("--red-low", type=_DecimalType(), help="Below this: red.")
-@click.option("--yellow-low", type=_DecimalType(), help="Below this: yellow.")
-@click.option("--yellow-high", type=_DecimalType(), help="Above this: yellow.")
-@click.option("--red-high", type=_DecimalType(), help="Above this: red.")
+@limit_options
 @reason_option("the order, \"referral: COPD, usual SpO2 87-89 %\"")
 @click.option("--valid-from", default=None, metavar="TIME",
               help="When the version starts, ISO 8601 (default: now; without an offset: "
@@ -858,19 +876,13 @@ def limits_group() -> None:
 @config_option
 @by_option
 @reports_errors
-def limits_set(patient_id: str, code: str, red_low: Decimal | None, yellow_low: Decimal | None,
-               yellow_high: Decimal | None, red_high: Decimal | None, reason: str,
+def limits_set(patient_id: str, code: str, limits: LimitSet, reason: str,
                valid_from: str | None, config_path: str, actor: str) -> None:
     """Give PATIENT a new version of their limits for CODE (a measure such as spo2).
 
     Limits left out are not checked; set ones must be ordered red-low <= yellow-low <=
     yellow-high <= red-high and lie in the code's plausible range.
     """
-    try:
-        limits = LimitSet(red_low=red_low, yellow_low=yellow_low, yellow_high=yellow_high,
-                          red_high=red_high)
-    except ValueError as exc:  # out of order
-        raise InvalidInput(f"{code}: {exc}") from None
     with open_central(config_path) as central:
         zone = get_patient(central.db, patient_id).timezone
         start = parse_time(valid_from, zone, "--valid-from") if valid_from else None
@@ -955,10 +967,7 @@ def _chosen_modules(central: OpenCentral, module: str | None) -> dict[str, Disea
 @limits_defaults.command(name="set")
 @click.argument("module", metavar="MODULE")
 @click.argument("code", metavar="CODE")
-@click.option("--red-low", type=_DecimalType(), help="Below this: red.")
-@click.option("--yellow-low", type=_DecimalType(), help="Below this: yellow.")
-@click.option("--yellow-high", type=_DecimalType(), help="Above this: yellow.")
-@click.option("--red-high", type=_DecimalType(), help="Above this: red.")
+@limit_options
 @reason_option('"team conference 2026-03-01: BTS target for COPD"')
 @click.option("--valid-from", default=None, metavar="TIME",
               help="When the version starts, ISO 8601 (default: now; without an offset: "
@@ -966,10 +975,8 @@ def _chosen_modules(central: OpenCentral, module: str | None) -> dict[str, Disea
 @config_option
 @by_option
 @reports_errors
-def limits_defaults_set(module: str, code: str, red_low: Decimal | None,
-                        yellow_low: Decimal | None, yellow_high: Decimal | None,
-                        red_high: Decimal | None, reason: str, valid_from: str | None,
-                        config_path: str, actor: str) -> None:
+def limits_defaults_set(module: str, code: str, limits: LimitSet, reason: str,
+                        valid_from: str | None, config_path: str, actor: str) -> None:
     """Give the organisation a new version of its default limits for MODULE's CODE.
 
     They replace the module's defaults as a whole (a limit left out is not checked) for
@@ -977,11 +984,6 @@ def limits_defaults_set(module: str, code: str, red_low: Decimal | None,
     earlier readings keep the limits then in force. Needs the right limits.defaults (team
     leads).
     """
-    try:
-        limits = LimitSet(red_low=red_low, yellow_low=yellow_low, yellow_high=yellow_high,
-                          red_high=red_high)
-    except ValueError as exc:  # out of order
-        raise InvalidInput(f"{code}: {exc}") from None
     with open_central(config_path) as central:
         zone = central.config.timezone
         start = parse_time(valid_from, zone, "--valid-from") if valid_from else None

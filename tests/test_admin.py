@@ -512,6 +512,8 @@ def test_modules_json_describes_codes_rules_schedule_and_questionnaires(run):
      "unknown code 'spox'; did you mean spo2? (known codes: " + ", ".join(KNOWN) + ")"),
     (["limits", "set", "p-0001", "spo2", "--red-low", "92", "--yellow-low", "90",
       "--reason", "x"], 2, "spo2: limits out of order: red_low=92 > yellow_low=90"),
+    (["limits", "defaults", "set", "copd", "spo2", "--red-low", "92", "--yellow-low", "90",
+      "--reason", "x"], 2, "spo2: limits out of order: red_low=92 > yellow_low=90"),
     (["limits", "set", "p-0001", "spo2", "--red-low", "900", "--reason", "x"], 2,
      "spo2 red_low 900 is outside the plausible range 50 to 100 %"),
     (["limits", "set", "p-0001", "spo2", "--red-low", "88", "--reason", "x",
