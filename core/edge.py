@@ -78,6 +78,7 @@ from telemon import mqtt, plugin_manager
 from telemon.backoff import Backoff
 from telemon.config import BrokerConfig, DeviceConfig, EdgeConfig, load_or_exit
 from telemon.drivers import Driver, ParseContext
+from telemon.files import write_atomically
 from telemon.models import Record
 from telemon.outbox import Entry, LastReading, Outbox, OutboxStats, PutResult, outbox_path
 
@@ -787,24 +788,11 @@ class DeviceRunner:
                         "updated": datetime.now(UTC).isoformat(),
                         "devices": [state.snapshot() for state in self.states]}
             try:
-                write_private(self.status_path, json.dumps(document, indent=1).encode())
+                write_atomically(self.status_path, json.dumps(document, indent=1).encode(),
+                                 durable=False)
             except OSError as exc:
                 logger.warning("cannot write the device status file %s: %s",
                                self.status_path, exc)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` atomically with `data`, readable by its owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_device_status(path: Path) -> dict[str, Any] | None:

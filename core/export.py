@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import uuid
 from collections import defaultdict
@@ -35,7 +34,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, Literal
 
 import click
@@ -326,17 +324,6 @@ def observation_parts(obs: Observation) -> list[tuple[MeasureCode | None, Observ
     """The measured parts of an observation, each with its known measure (None: a code
     telemon does not know): the observation itself, or each component of a compound one."""
     return [(lookup(part.code), part) for part in obs.components or (obs,)]
-
-
-def write_atomically(path: Path, content: bytes) -> None:
-    """Write a file so that a crash leaves the old one or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(content)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- the command line -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from telemon import mqtt
+from telemon.files import write_atomically
 
 PASSWORD_BYTES = 32  # 256 random bits: no dictionary or brute force reaches it
 # Mosquitto 2.0's password hash "$7$" (mosquitto_passwd -H sha512-pbkdf2, its default):
@@ -91,10 +92,8 @@ def emqx_json(topics: GatewayTopics, user: str) -> str:
 
 def write_secret(path: Path, text: str) -> None:
     """Write a secret to `path`, readable by its owner only (replacing an older one)."""
-    from telemon.edge import write_private  # here: importing telemon.edge loads the BLE stack
-
     try:
-        write_private(path, text.encode() + b"\n")
+        write_atomically(path, text.encode() + b"\n")
     except OSError as exc:
         raise ProvisionError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -98,8 +98,8 @@ def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.
         raise admin.AdminError(f"folder {output.parent} does not exist")
     person, files = _files(db, patient)
     manifest = msgspec.json.decode(files["manifest.json"][0])
-    # Not telemon.export.write_atomically: the archive must be owner-only from its first
-    # byte (it is personal data), and it may only appear together with its audit entry.
+    # Not telemon.files.write_atomically: the archive may only appear together with its
+    # audit entry (and, like every file telemon writes, owner-only from its first byte).
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
         with os.fdopen(fd, "wb") as f:

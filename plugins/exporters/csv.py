@@ -19,8 +19,8 @@ from typing import Any
 
 from telemon import __version__
 from telemon.codes import lookup
-from telemon.export import write_atomically
 from telemon.exporters import Exporter, Option
+from telemon.files import write_atomically
 from telemon.hookspecs import hookimpl
 from telemon.models import Code, Observation, Record
 

@@ -48,9 +48,9 @@ from telemon.export import (
     id_system,
     is_vital_sign,
     observation_parts,
-    write_atomically,
 )
 from telemon.exporters import Exporter, Option
+from telemon.files import write_atomically
 from telemon.hookspecs import hookimpl
 from telemon.models import Code, Observation, QuestionnaireResponse, Record, Triage
 

@@ -42,9 +42,9 @@ from telemon.export import (
     id_root,
     is_vital_sign,
     observation_parts,
-    write_atomically,
 )
 from telemon.exporters import Exporter, Option
+from telemon.files import write_atomically
 from telemon.hookspecs import hookimpl
 from telemon.models import AbsentReason, Component, Observation, Record
 
