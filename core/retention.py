@@ -46,7 +46,7 @@ import click
 import msgspec
 import sqlite_utils
 
-from telemon import store, wire
+from telemon import admin, store, wire
 from telemon.admin import (
     by_option,
     config_option,
@@ -123,6 +123,7 @@ def run(db: sqlite_utils.Database, retention: RetentionConfig, *, actor: str,
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if not actor.strip():
         raise ValueError("a retention run needs the name of who runs it")
+    admin.require(db, actor, "retention.run", "retention.run")
     now = now or datetime.now(UTC)
     removals = []
     secure_delete = db.execute("PRAGMA secure_delete").fetchone()[0]
@@ -164,7 +165,7 @@ def _remove_batch(db: sqlite_utils.Database, kind: str, cutoff: datetime, now: d
         received = [text for _, _, text in rows]
         removal = Removal(kind, cutoff, len(rows), sum(size for _, size, _ in rows),
                           _time(min(received)), _time(max(received)))
-        store.audit(db, actor=actor, action="retention.run", kind=kind,
+        admin.audit(db, actor=actor, action="retention.run", kind=kind,
                     cutoff=store.utc_text(cutoff), rows=removal.rows, bytes=removal.bytes,
                     oldest=min(received), newest=max(received))
     return removal

@@ -45,6 +45,9 @@ RIGHTS: Mapping[str, frozenset[str]] = {
     "audit.read": frozenset({"team_lead", "administrator"}),  # telemon audit
     "enrolment.change": frozenset({"administrator"}),  # patients, modules, gateways
     "staff.manage": frozenset({"administrator"}),
+    "citizen.export": frozenset({"team_lead", "administrator"}),  # telemon export citizen:
+    # everything held about one citizen, on a request under GDPR art. 15/20
+    "retention.run": frozenset({"administrator"}),  # removes data (its dry run needs none)
 }
 """Each right and the roles holding it."""
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -256,6 +257,25 @@ def test_the_archive_is_owner_only_and_replaced_atomically(central, tmp_path):
     assert output.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["central.toml", "data", "p-0001.zip"]
     assert [e.action for e in admin.audit_entries(db)].count("export.citizen") == 1
+
+
+def test_only_a_team_lead_or_an_administrator_exports_a_citizen(central, tmp_path):
+    _config, db, _ = central
+    admin.add_staff(db, name="admin-a", role="administrator", actor="setup")
+    admin.add_staff(db, name="nurse-b", role="nurse", actor="admin-a")
+    output = tmp_path / "p-0001.zip"
+    with pytest.raises(admin.Refused, match=re.escape(
+            "nurse-b (nurse) lacks the right citizen.export: the right citizen.export is "
+            "held by team_lead, administrator")):
+        citizen_export.export_citizen(db, patient="p-0001", output=output, actor="nurse-b")
+    assert not output.exists() and not list(tmp_path.glob(".*.tmp"))
+    (refusal,) = [e for e in admin.audit_entries(db, patient="p-0001")
+                  if e.action == "refused"]
+    assert (refusal.actor, refusal.detail["attempted"]) == ("nurse-b", "export.citizen")
+
+    citizen_export.export_citizen(db, patient="p-0001", output=output, actor="admin-a")
+    assert output.exists()
+    assert admin.audit_entries(db, patient="p-0001")[-1].action == "export.citizen"
 
 
 @pytest.mark.parametrize("patient, output, message", [

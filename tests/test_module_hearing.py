@@ -498,3 +498,17 @@ def test_hearing_report_refuses_unknown_patients_and_patients_without_audiograms
     assert (none.exit_code, none.output) == (1, "Error: p-0002 has no audiograms\n")
     assert [e.action for e in admin.audit_entries(db, patient="p-0002")][-1] == (
         "hearing.report")  # the attempt to read is audited too
+
+
+def test_hearing_report_needs_the_right_to_read_the_patient(central):
+    config_path, db = central
+    admin.add_staff(db, name="admin-a", role="administrator", actor="setup")
+    refused = run(config_path, "p-0001")  # as audiologist-a: not on the staff list
+    assert refused.exit_code == 1
+    assert refused.output == ("Error: refused: audiologist-a is not registered staff (telemon "
+                              "staff add); the right patient.read is held by nurse, "
+                              "team_lead, administrator\n")
+    assert [(e.action, e.detail.get("attempted")) for e in admin.audit_entries(
+        db, patient="p-0001")][-1] == ("refused", "hearing.report")
+    admin.add_staff(db, name="audiologist-a", role="nurse", actor="admin-a")
+    assert run(config_path, "p-0001").exit_code == 0

@@ -9,6 +9,7 @@ import base64
 import dataclasses
 import json
 import random
+import re
 import sqlite3
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -232,6 +233,32 @@ def test_a_run_without_an_actor_or_batch_is_refused(db, changes, message):
     with pytest.raises(ValueError, match=message):
         retention.run(db, POLICY, **({"actor": "admin-a", "now": NOW} | changes))
     assert dump(db) == before
+
+
+def test_only_an_administrator_runs_retention_once_staff_are_registered(db, tmp_path):
+    fill(db)
+    admin.add_staff(db, name="admin-a", role="administrator", actor="setup")
+    admin.add_staff(db, name="lead-a", role="team_lead", actor="admin-a")
+    def unaudited(rows: list[str]) -> list[str]:  # the dump without the audit log
+        return [row for row in rows if "\"audit\"" not in row and "'audit'" not in row]
+
+    before = unaudited(dump(db))
+    with pytest.raises(admin.Refused, match=re.escape(
+            "lead-a (team_lead) lacks the right retention.run: the right retention.run is "
+            "held by administrator")):
+        retention.run(db, POLICY, actor="lead-a", now=NOW)
+    assert unaudited(dump(db)) == before
+    (refusal,) = [e for e in admin.audit_entries(db) if e.action == "refused"]
+    assert (refusal.actor, refusal.detail["right"]) == ("lead-a", "retention.run")
+    assert retention.plan(db, POLICY, now=NOW)[0].rows == 2  # a dry run needs no right
+
+    sudo = {"SUDO_USER": "anna"}
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in sudo.items():
+            env.setenv(name, value)
+        retention.run(db, POLICY, actor="admin-a", now=NOW)
+    entries = retention_audit(db)
+    assert entries and all(e.detail["identity"]["sudo_user"] == "anna" for e in entries)
 
 
 # --- config -----------------------------------------------------------------------------------

@@ -90,12 +90,14 @@ def _batch(records: list) -> bytes:
 def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.PathLike[str],
                    actor: str) -> dict:
     """Write everything held about `patient` to the zip archive `output` (replacing it);
-    return its manifest. AdminError for an unknown patient or an unusable output path."""
+    return its manifest. AdminError for an unknown patient or an unusable output path;
+    Refused (audited) when the actor's role lacks the right citizen.export."""
     output = Path(output)
     if output.is_dir():
         raise admin.AdminError(f"{output} is a folder: give the archive's file name")
     if not output.parent.is_dir():
         raise admin.AdminError(f"folder {output.parent} does not exist")
+    admin.require(db, actor, "citizen.export", "export.citizen", patient)
     person, files = _files(db, patient)
     manifest = msgspec.json.decode(files["manifest.json"][0])
     # Not telemon.files.write_atomically: the archive may only appear together with its
@@ -107,7 +109,7 @@ def export_citizen(db: sqlite_utils.Database, *, patient: str, output: str | os.
                        zone=person.timezone)
         digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         with store.transaction(db):
-            store.audit(db, actor=actor, action="export.citizen", patient=patient,
+            admin.audit(db, actor=actor, action="export.citizen", patient=patient,
                         output=str(output.resolve()), sha256=digest,
                         records={f["name"]: f["records"] for f in manifest["files"]
                                  if f["records"] is not None})

@@ -408,11 +408,13 @@ def hearing_report(patient_id: str, as_json: bool, config_path: str, actor: str)
     """The standardised hearing assessment of PATIENT from their audiograms: PTA4 per ear,
     WHO 2021 grade, asymmetry, losses between audiograms and the NICE NG98 referral
     recommendation (the read is audited)."""
-    with admin.open_central(config_path) as central, store.transaction(central.db):
-        zone = admin.get_patient(central.db, patient_id).timezone
-        audiograms = patient_audiograms(central.db, patient_id)
-        store.audit(central.db, actor=actor, action="hearing.report", patient=patient_id,
-                    audiograms=[a.id for a in audiograms])
+    with admin.open_central(config_path) as central:
+        admin.require(central.db, actor, "patient.read", "hearing.report", patient_id)
+        with store.transaction(central.db):
+            zone = admin.get_patient(central.db, patient_id).timezone
+            audiograms = patient_audiograms(central.db, patient_id)
+            admin.audit(central.db, actor=actor, action="hearing.report", patient=patient_id,
+                        audiograms=[a.id for a in audiograms])
     if not audiograms:
         raise admin.AdminError(f"{patient_id} has no audiograms")
     report = assessment(audiograms, datetime.now(UTC))
