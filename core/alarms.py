@@ -190,6 +190,7 @@ class AlarmEngine:
         self.modules = {name: module for name, module in modules.items()
                         if name in config.modules and config.modules[name].enabled}
         self.directory = Directory(db, config.organisation, config.timezone)
+        self.series = SeriesCache()
         self.escalate_after = timedelta(minutes=config.alarms.escalate_red_after_minutes)
 
     # --- limits -----------------------------------------------------------------------------
@@ -267,9 +268,12 @@ class AlarmEngine:
                 if key in rule.codes:
                     wanted[(patient, key)].append((module_name, rule))
         for (patient, key), rules in wanted.items():
-            rows = _series_rows(self.db, patient, key,
-                                since=now - max(rule.window for _, rule in rules),
-                                most=MAX_SERIES, records=any(rule.records for _, rule in rules))
+            since = now - max(rule.window for _, rule in rules)
+            if any(rule.records for _, rule in rules):  # whole readings: not kept in memory
+                rows = _series_rows(self.db, patient, key, since=since, most=MAX_SERIES,
+                                    records=True)
+            else:
+                rows = self.series.rows(self.db, patient, key, since=since, most=MAX_SERIES)
             effective = [row[1] for row in rows]
             for module_name, rule in rules:
                 found = self.limits_in_force(patient, module_name, key, now)
@@ -543,20 +547,22 @@ def load_series(db: sqlite_utils.Database, patient: str, key: str, *, since: dat
 
 
 def _series_rows(db: sqlite_utils.Database, patient: str, key: str, *, since: datetime,
-                 most: int, records: bool) -> list[tuple]:
-    """(id, effective as stored, seconds, value[, wire]) of load_series' readings, oldest
-    first; the stored effective text orders exactly as the query's `>= since` does."""
+                 most: int, records: bool, after: int = 0) -> list[tuple]:
+    """(id, effective as stored, seconds, value, rowid[, wire]) of load_series' readings,
+    oldest first (only those with a rowid above `after`); the stored effective text orders
+    exactly as the query's `>= since` does."""
     code = _stored_code(key)
     component = KNOWN[key].code if code != KNOWN[key].code else None
     # seconds since the epoch computed by SQLite (julianday: ~50 us resolution, plenty for
     # trends); the value as REAL unless it must be taken out of the components
     rows = db.execute(
         "SELECT id, effective, (julianday(effective) - 2440587.5) * 86400.0, "
-        f"{'components' if component else 'CAST(value AS REAL)'}"
+        f"{'components' if component else 'CAST(value AS REAL)'}, rowid"
         f"{', wire' if records else ''} FROM observations "
         "WHERE patient = ? AND code_system = ? AND code = ? AND effective >= ? "
-        "ORDER BY effective DESC, id DESC LIMIT ?",
-        [patient, code.system, code.code, store.utc_text(since), most]).fetchall()
+        f"{'AND rowid > ? ' if after else ''}ORDER BY effective DESC, id DESC LIMIT ?",
+        [patient, code.system, code.code, store.utc_text(since), *([after] if after else []),
+         most]).fetchall()
     rows.reverse()
     if component is not None:
         rows = [(*row[:3], next((float(c["value"]) for c in msgspec.json.decode(row[3])
@@ -566,6 +572,70 @@ def _series_rows(db: sqlite_utils.Database, patient: str, key: str, *, since: da
     return rows
 
 
+SERIES_CACHE_ROWS = 200_000
+"""Readings the engine keeps in memory between evaluations (a few tens of MB)."""
+
+
+@dataclass
+class _Kept:
+    since: str  # the rows hold every reading from this time (stored text) on ...
+    most: int  # ... up to this many of the newest, as _series_rows gives them
+    rows: list[tuple]
+    last: int  # the highest rowid read
+
+
+class SeriesCache:
+    """Each patient's recent series of a code as the trend rules last read it, completed
+    next time with only what is new. SQLite gives a new row a rowid above every rowid in
+    the table, whichever process writes it, so the readings stored since are those with a
+    rowid above the highest one read (nothing is deleted from observations). What was read
+    inside a transaction that is then rolled back must be forgotten: `clear()`."""
+
+    def __init__(self, most_rows: int = SERIES_CACHE_ROWS) -> None:
+        self.most_rows = most_rows
+        self._kept: dict[tuple[str, str], _Kept] = {}  # oldest use first
+        self._size = 0
+
+    def rows(self, db: sqlite_utils.Database, patient: str, key: str, *, since: datetime,
+             most: int) -> list[tuple]:
+        """What _series_rows(..., records=False) gives now."""
+        since_text = store.utc_text(since)
+        kept = self._kept.pop((patient, key), None)
+        if kept is None or since_text < kept.since or most != kept.most:
+            rows = _series_rows(db, patient, key, since=since, most=most, records=False)
+            last = max((row[4] for row in rows), default=0)
+        else:
+            self._size -= len(kept.rows)
+            rows, last = kept.rows, kept.last
+            if new := _series_rows(db, patient, key, since=since, most=most, records=False,
+                                   after=last):
+                last = max(last, max(row[4] for row in new))
+                if rows and _reading_order(new[0]) < _reading_order(rows[-1]):
+                    rows = sorted(rows + new, key=_reading_order)  # a late reading
+                else:
+                    rows = rows + new
+            # the window's start has moved on; the newest `most` (a reading left out for
+            # being older than `most` newer ones is never among them again)
+            rows = rows[bisect.bisect_left(rows, since_text, key=_effective):][-most:]
+        self._kept[(patient, key)] = _Kept(since_text, most, rows, last)
+        self._size += len(rows)
+        while self._size > self.most_rows:  # forget the least recently used
+            self._size -= len(self._kept.pop(next(iter(self._kept))).rows)
+        return rows
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self._size = 0
+
+
+def _reading_order(row: tuple) -> tuple[str, str]:
+    return row[1], row[0]
+
+
+def _effective(row: tuple) -> str:
+    return row[1]
+
+
 def _series(patient: str, key: str, rows: list[tuple], limits: LimitSet, *,
             records: bool) -> Series:
     columns = list(zip(*rows, strict=True)) or [()] * 4
@@ -573,7 +643,7 @@ def _series(patient: str, key: str, rows: list[tuple], limits: LimitSet, *,
                   times=np.array(columns[2], dtype=np.float64),
                   values=np.array(columns[3], dtype=np.float64),  # None -> NaN
                   ids=columns[0], limits=limits,
-                  observations=tuple(wire.decode(r[4].encode()) for r in rows) if records
+                  observations=tuple(wire.decode(r[5].encode()) for r in rows) if records
                   else ())
 
 

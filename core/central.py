@@ -53,7 +53,7 @@ import click
 import paho.mqtt.client as paho
 
 from telemon import mqtt, plugin_manager, store, wire
-from telemon.alarms import AlarmEngine
+from telemon.alarms import AlarmEngine, Outcome
 from telemon.backoff import Backoff
 from telemon.config import CentralConfig, load_or_exit
 from telemon.export import run_exports
@@ -323,6 +323,25 @@ class Central:
         # decoding needs no database: done before the write lock is taken, so that several
         # ingest processes decode at the same time and queue only for their writes
         decoded = [decode_payload(message.payload) for message in messages]
+        try:
+            outcome = self._store_and_evaluate(messages, decoded, now)
+        except BaseException:
+            self.engine.series.clear()  # it may hold readings now rolled back
+            raise
+        assert self._client is not None
+        for message in messages:
+            if message.qos:
+                self._client.ack(message.mid, message.qos)
+        self.counters.messages += len(messages)
+        self.counters.groups += 1
+        self.counters.last_group_at = time.perf_counter()
+        self.counters.alarms_raised += outcome.raised
+        self.counters.not_compared += outcome.not_compared
+
+    def _store_and_evaluate(self, messages: list[Message],
+                            decoded: list[wire.Decoded | Exception], now: datetime) -> Outcome:
+        """One transaction: each message's records stored in its own savepoint, then all
+        the new ones evaluated; the engine's outcome."""
         with store.transaction(self.db):
             self.engine.directory.refresh()
             new: list[Observation] = []
@@ -340,16 +359,7 @@ class Central:
                                      message.topic)
                     self._quarantine(message.topic, f"could not be processed: {exc!r}",
                                      message.payload)
-            outcome = self.engine.evaluate_new(new, responses, now)
-        assert self._client is not None
-        for message in messages:
-            if message.qos:
-                self._client.ack(message.mid, message.qos)
-        self.counters.messages += len(messages)
-        self.counters.groups += 1
-        self.counters.last_group_at = time.perf_counter()
-        self.counters.alarms_raised += outcome.raised
-        self.counters.not_compared += outcome.not_compared
+            return self.engine.evaluate_new(new, responses, now)
 
     def _ingest(self, message: Message, decoded: wire.Decoded | Exception, now: datetime,
                 ) -> tuple[list[Observation], list[QuestionnaireResponse]]:

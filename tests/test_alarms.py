@@ -5,6 +5,7 @@ patient's time zone, the lifecycle with two nurses, triage and the alarm outbox.
 from __future__ import annotations
 
 import dataclasses
+import random
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -379,3 +380,67 @@ def test_answers_raise_by_their_significance_and_scores_become_observations(q_en
 def test_invalid_answers_are_refused_with_the_item_and_the_reason(q_engine, answers, problem):
     found = q_engine.response_problem(response(answers))
     assert found == f"questionnaire response qr-1 (daily): {problem}"
+
+
+# --- the series kept between evaluations --------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_kept_series_is_what_a_fresh_query_gives(tmp_path, seed):
+    """Readings written by this connection and by another (a second ingest process), in
+    order and late, with and without values, two codes (one read from a blood pressure's
+    components), the window moving on, few enough kept to be truncated and a memory bound
+    that forces forgetting: after every step the kept series equals a fresh query."""
+    rng = random.Random(seed)
+    path = tmp_path / "central.db"
+    db, other = store.open_database(path), store.open_database(path)
+    kept = alarms.SeriesCache(most_rows=40)
+    now, n = T0, 0
+    for step in range(120):
+        writer = rng.choice((db, other))
+        batch = []
+        for _ in range(rng.randrange(0, 4)):
+            n += 1
+            late = timedelta(minutes=rng.choice((0, 0, 0, -30, -300)))
+            patient = rng.choice(("p-0001", "p-0002"))
+            if rng.random() < 0.3:
+                batch.append(bp_reading(n, patient, now + late))
+            else:
+                batch.append(reading(n, patient=patient, at=now + late,
+                                     value=rng.choice(("95", "88.5", "91"))))
+        store.store_observations(writer, batch)
+        now += timedelta(minutes=rng.randrange(1, 40))
+        for patient in ("p-0001", "p-0002"):
+            for key in ("spo2", "bp_sys"):
+                since = now - timedelta(hours=rng.choice((6, 12)))
+                most = rng.choice((5, 20))
+                fresh = alarms._series_rows(db, patient, key, since=since, most=most,
+                                            records=False)
+                assert kept.rows(db, patient, key, since=since, most=most) == fresh, step
+    assert kept._size <= 40
+    db.close()
+    other.close()
+
+
+def bp_reading(i, patient, at):
+    bp = KNOWN["bp"]
+    parts = tuple(Component(code=KNOWN[k].code, unit=KNOWN[k].unit, value=Decimal(v))
+                  for k, v in (("bp_sys", "120"), ("bp_dia", "80")))
+    return Observation(id=f"{patient}-bp-{i}", patient=patient, device="dev-1",
+                       gateway="gw-1", code=bp.code, unit=bp.unit, effective=at,
+                       components=parts)
+
+
+def test_readings_rolled_back_are_forgotten_with_clear(tmp_path):
+    db = store.open_database(tmp_path / "central.db")
+    kept = alarms.SeriesCache()
+    since = T0 - timedelta(days=1)
+    store.store_observations(db, [reading(1)])
+    with pytest.raises(RuntimeError), store.transaction(db):
+        store.store_observations(db, [reading(2)])
+        assert [r[0] for r in kept.rows(db, "p-0001", "spo2", since=since, most=10)] == [
+            "p-0001-spo2-1", "p-0001-spo2-2"]  # read inside the transaction
+        raise RuntimeError("the group failed")
+    kept.clear()
+    assert kept.rows(db, "p-0001", "spo2", since=since, most=10) == alarms._series_rows(
+        db, "p-0001", "spo2", since=since, most=10, records=False)

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ import pytest
 
 from telemon import config, mqtt, plugin_manager, store, wire
 from telemon.backoff import Backoff
-from telemon.central import Central
+from telemon.central import Central, Message
 from telemon.codes import KNOWN
 from telemon.config import BrokerConfig
 from telemon.edge import Gateway
@@ -223,6 +224,38 @@ def test_a_message_that_breaks_the_decoder_is_quarantined_alone(tmp_path, mosqui
     (reason, payload), = db.execute("SELECT reason, payload FROM quarantine").fetchall()
     assert reason == "could not be processed: RuntimeError('decoder bug')"
     assert real(payload).records == [reading(2, "p-0001", "gw-1")]  # the bytes as they came
+
+
+def test_a_group_that_fails_to_commit_is_not_acknowledged_and_its_readings_forgotten(
+        tmp_path, monkeypatch):
+    """The engine keeps each patient's recent series between groups; a group rolled back
+    must not leave its readings there (they come again, from the broker)."""
+    sys.path.insert(0, str(HERE.parent.parent))
+    from fuzz.targets import Ingest  # a central's ingest on a real file, without a broker
+
+    ingest = Ingest.open(tmp_path)
+    central, acked = ingest.central, []
+    central._client = type("Client", (), {"ack": lambda self, mid, qos: acked.append(mid)})()
+    topic = mqtt.obs_topic(ORG, "gw-1")
+    central._handle([Message(topic, wire.encode(reading(1, "p-0001", "gw-1")), 1, 1)])
+    assert acked == [1] and central.engine.series._kept  # the series is kept
+
+    real = store.store_evaluations
+
+    def disk_full(*args, **kwargs):  # after the group's series were read and kept
+        real(*args, **kwargs)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "store_evaluations", disk_full)
+    with pytest.raises(sqlite3.OperationalError):
+        central._handle([Message(topic, wire.encode(reading(2, "p-0001", "gw-1")), 2, 1)])
+    assert acked == [1] and not central.engine.series._kept
+    monkeypatch.setattr(store, "store_evaluations", real)
+    central._handle([Message(topic, wire.encode(reading(2, "p-0001", "gw-1")), 3, 1)])
+    assert acked == [1, 3]
+    assert [r[0] for r in ingest.db.execute("SELECT id FROM observations ORDER BY id")] == [
+        "gw-1-p-0001-spo2-1", "gw-1-p-0001-spo2-2"]
+    ingest.close()
 
 
 def test_a_reading_delivered_again_is_stored_and_evaluated_once(tmp_path, mosquitto, central):
