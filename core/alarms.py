@@ -573,7 +573,7 @@ def _series_rows(db: sqlite_utils.Database, patient: str, key: str, *, since: da
 
 
 SERIES_CACHE_ROWS = 200_000
-"""Readings the engine keeps in memory between evaluations (a few tens of MB)."""
+"""Readings the engine keeps in memory between evaluations (~330 bytes each: ~65 MB)."""
 
 
 @dataclass
