@@ -79,6 +79,80 @@ class Framer(Protocol):
     def feed(self, data: bytes) -> list[bytes | FrameError]: ...
 
 
+class ResyncFramer:
+    """A base for framers that must find their place in a byte stream (serial oximeters send
+    frames without any start marker but a bit). From the moment sync is lost until it is
+    found again the bytes that fit no frame are collected, then reported as one FrameError
+    with the reason and the raw bytes. A subclass writes `feed` with `_skip` (a byte that
+    starts no frame), `_relock` (a frame start found) and `_lose` (sync lost, and why);
+    `_feed_sync_bit_frames` is all of `feed` for fixed-size frames whose first byte alone
+    has bit 7 set."""
+
+    unit = "frame"  # what the framer frames, in its messages
+    max_dropped = 1024  # bytes without sync before they are reported anyway (memory bound)
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()  # received, not yet examined
+        self.locked = False
+        self.lost = bytearray()  # given up on since sync was lost
+        self.reason = ""  # why sync was lost ("" before the first lock)
+        self.stats = {"frames": 0, "packets": 0, "emitted": 0, "bad_checksum": 0,
+                      "lost_sync": 0, "resyncs": 0, "dropped_bytes": 0}
+
+    def _lose(self, out: list[bytes | FrameError], reason: str, data: bytes | bytearray = b"",
+              *, kind: str = "lost_sync") -> None:
+        self.stats[kind] += 1
+        self.locked, self.reason = False, reason
+        self.lost += data
+
+    def _skip(self, out: list[bytes | FrameError], data: bytes | bytearray) -> None:
+        self.lost += data
+        if len(self.lost) >= self.max_dropped:
+            out.append(self._report(f"no {self.unit} start found yet"))
+
+    def _relock(self, out: list[bytes | FrameError]) -> None:
+        self.locked = True
+        if self.lost:
+            self.stats["resyncs"] += 1
+            out.append(self._report("resynchronised" if self.reason else "synchronised"))
+
+    def _report(self, outcome: str) -> FrameError:
+        raw = bytes(self.lost)
+        self.stats["dropped_bytes"] += len(raw)
+        self.lost.clear()
+        cause = self.reason or f"bytes before the first {self.unit} start"
+        return FrameError(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
+
+    def _feed_sync_bit_frames(self, out: list[bytes | FrameError], size: int,
+                              problem: Callable[[bytearray], str | None],
+                              accept: Callable[[list[bytes | FrameError], bytearray], None],
+                              ) -> None:
+        """Take the frames of `size` bytes out of the buffer (`problem`: why some bytes are
+        no frame, or None; `accept`: what to do with a frame). While searching, a frame
+        counts only when the byte after it starts another, so a lock takes two frames;
+        once locked, frames go on at once."""
+        buf, pos = self.buffer, 0
+        while len(buf) - pos >= size:
+            frame = buf[pos:pos + size]
+            found = problem(frame)
+            if not self.locked:
+                if found is None:
+                    if len(buf) - pos == size:
+                        break  # wait for the next frame's first byte
+                    if buf[pos + size] & 0x80:
+                        self._relock(out)
+                        continue
+                self._skip(out, frame[:1])
+                pos += 1
+                continue
+            if found is None:
+                accept(out, frame)
+                pos += size
+                continue
+            self._lose(out, f"{self.unit}: {found}")
+        del buf[:pos]
+
+
 class LineFramer:
     """Frames of devices that send one text line per reading, ending in `terminator`.
     A line longer than `max_length` is noise or lost sync: it is reported and dropped."""

@@ -65,6 +65,7 @@ from telemon.drivers import (
     Driver,
     FrameError,
     ParseContext,
+    ResyncFramer,
     SerialSettings,
     StreamProtocol,
     UsbMatch,
@@ -86,25 +87,22 @@ KEEP_ALIVE = bytes.fromhex("7d81af808080808080")
 FLAG_ORDER = ("missing-data", "finger-out", "searching", "sensor-error", "spo2-dropping")
 
 
-class _ResyncFramer:
-    """Bookkeeping shared by the framers: bytes that fit no packet are collected from the
-    moment sync is lost until it is found again, then reported as one FrameError. Complete
-    packets are handed on `packets_per_frame` at a time; `pending()` is everything received
-    and not yet handed on, `flush()` hands it on at the end of a connection."""
+class _ContecFramer(ResyncFramer):
+    """What the Contec framers share beyond telemon.drivers.ResyncFramer: complete packets
+    are handed on `packets_per_frame` at a time; `pending()` is everything received and not
+    yet handed on, `flush()` hands it on at the end of a connection."""
+
+    unit = "packet"
+    max_dropped = MAX_DROPPED
 
     def __init__(self, packets_per_frame: int = PACKETS_PER_FRAME) -> None:
         if packets_per_frame < 1:
             raise ValueError("packets_per_frame must be at least 1")
+        super().__init__()
         self.packets_per_frame = packets_per_frame
-        self.buffer = bytearray()  # received, not yet examined
         self.group = bytearray()  # complete packets not yet handed on
         self.count = 0  # packets in group
-        self.locked = False
-        self.lost = bytearray()
-        self.reason = ""
-        self.stats = {"frames": 0, "packets": 0, "emitted": 0, "bad_checksum": 0,
-                      "lost_sync": 0, "resyncs": 0, "dropped_bytes": 0, "ignored_packages": 0,
-                      "ignored_bytes": 0}
+        self.stats.update(ignored_packages=0, ignored_bytes=0)
 
     def _packet(self, out: list[bytes | FrameError], packet: bytes | bytearray) -> None:
         self.stats["packets"] += 1
@@ -121,30 +119,10 @@ class _ResyncFramer:
             self.group.clear()
             self.count = 0
 
-    def _lose(self, out: list[bytes | FrameError], reason: str,
-              data: bytes | bytearray = b"") -> None:
+    def _lose(self, out: list[bytes | FrameError], reason: str, data: bytes | bytearray = b"",
+              *, kind: str = "lost_sync") -> None:
         self._hand_on(out)  # the packets before the loss go on first
-        self.stats["lost_sync"] += 1
-        self.locked, self.reason = False, reason
-        self.lost += data
-
-    def _skip(self, out: list[bytes | FrameError], data: bytes | bytearray) -> None:
-        self.lost += data
-        if len(self.lost) >= MAX_DROPPED:
-            out.append(self._report("no packet start found yet"))
-
-    def _relock(self, out: list[bytes | FrameError]) -> None:
-        self.locked = True
-        if self.lost:
-            self.stats["resyncs"] += 1
-            out.append(self._report("resynchronised" if self.reason else "synchronised"))
-
-    def _report(self, outcome: str) -> FrameError:
-        raw = bytes(self.lost)
-        self.stats["dropped_bytes"] += len(raw)
-        self.lost.clear()
-        cause = self.reason or "bytes before the first packet start"
-        return FrameError(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
+        super()._lose(out, reason, data, kind=kind)
 
     def pending(self) -> bytes:
         return bytes(self.group + self.lost + self.buffer)
@@ -156,7 +134,7 @@ class _ResyncFramer:
         if rest:
             self.stats["dropped_bytes"] += len(rest)
             out.append(FrameError(f"stream ended inside a packet: {len(rest)} byte(s) dropped",
-                              rest))
+                                  rest))
         self.lost.clear()
         self.buffer.clear()
         self.locked, self.reason = False, ""
@@ -173,7 +151,7 @@ def legacy_problem(packet: bytes | bytearray) -> str | None:
     return None
 
 
-class ContecLegacyFramer(_ResyncFramer):
+class ContecLegacyFramer(_ContecFramer):
     """Old firmware: 5-byte packets, sync on bit 7. There is no checksum (odd parity is the
     UART's, checked by the serial driver); a packet with a misplaced bit 7 means lost sync.
     While searching, a packet is accepted only when the byte after it starts another one."""
@@ -181,30 +159,11 @@ class ContecLegacyFramer(_ResyncFramer):
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         self.buffer += data
         out: list[bytes | FrameError] = []
-        buf, pos = self.buffer, 0
-        while len(buf) - pos >= LEGACY_SIZE:
-            packet = buf[pos:pos + LEGACY_SIZE]
-            problem = legacy_problem(packet)
-            if not self.locked:
-                if problem is None:
-                    if len(buf) - pos == LEGACY_SIZE:
-                        break  # wait for the next packet's sync byte
-                    if buf[pos + LEGACY_SIZE] & 0x80:
-                        self._relock(out)
-                        continue
-                self._skip(out, packet[:1])
-                pos += 1
-                continue
-            if problem is None:
-                self._packet(out, packet)
-                pos += LEGACY_SIZE
-                continue
-            self._lose(out, f"packet: {problem}")
-        del buf[:pos]
+        self._feed_sync_bit_frames(out, LEGACY_SIZE, legacy_problem, self._packet)
         return out
 
 
-class ContecV2Framer(_ResyncFramer):
+class ContecV2Framer(_ContecFramer):
     """New firmware: packages are self-delimiting (type byte bit 7 = 0, every later byte bit 7
     = 1). Live packages (type 0x01, 9 bytes) are handed on; packages of other types (replies to
     commands) are counted in stats["ignored_packages"] and ["ignored_bytes"] and dropped. A
@@ -253,9 +212,6 @@ class ContecV2Framer(_ResyncFramer):
                 break
         del buf[:pos]
         return out
-
-    def pending(self) -> bytes:
-        return bytes(self.group + self.lost + self.buffer)
 
 
 def _observations(frame: bytes, ctx: ParseContext, driver: str, *, spo2: int, pulse: int,

@@ -75,6 +75,7 @@ from telemon.drivers import (
     Driver,
     FrameError,
     ParseContext,
+    ResyncFramer,
     SerialSettings,
     StreamProtocol,
     UsbMatch,
@@ -115,49 +116,17 @@ def frame_problem(data_format: int, frame: bytes) -> tuple[str, str] | None:
     return None
 
 
-class _ResyncFramer:
-    """Bookkeeping shared by the framers: bytes that fit no frame are collected from the moment
-    sync is lost until it is found again, then reported as one FrameError (reason + raw)."""
+class _NoninFramer(ResyncFramer):
+    """What the Nonin framers share beyond telemon.drivers.ResyncFramer."""
 
-    unit = "frame"
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()  # received, not yet examined
-        self.locked = False
-        self.lost = bytearray()  # given up on since sync was lost
-        self.reason = ""  # why sync was lost ("" before the first lock)
-        self.stats = {"frames": 0, "packets": 0, "emitted": 0, "bad_checksum": 0,
-                      "lost_sync": 0, "resyncs": 0, "dropped_bytes": 0}
-
-    def _lose(self, kind: str, reason: str, data: bytes | bytearray = b"") -> None:
-        self.stats[kind] += 1
-        self.locked, self.reason = False, reason
-        self.lost += data
-
-    def _skip(self, out: list[bytes | FrameError], data: bytes | bytearray) -> None:
-        self.lost += data
-        if len(self.lost) >= MAX_DROPPED:  # keep memory bounded on a stream of noise
-            out.append(self._report(f"no {self.unit} start found yet"))
-
-    def _relock(self, out: list[bytes | FrameError]) -> None:
-        self.locked = True
-        if self.lost:
-            self.stats["resyncs"] += 1
-            out.append(self._report("resynchronised" if self.reason else "synchronised"))
-
-    def _report(self, outcome: str) -> FrameError:
-        raw = bytes(self.lost)
-        self.stats["dropped_bytes"] += len(raw)
-        self.lost.clear()
-        cause = self.reason or f"bytes before the first {self.unit} start"
-        return FrameError(f"{cause}; {outcome} after dropping {len(raw)} byte(s)", raw)
+    max_dropped = MAX_DROPPED
 
     def _emit(self, out: list[bytes | FrameError], frame: bytes | bytearray) -> None:
         self.stats["emitted"] += 1
         out.append(bytes(frame))
 
 
-class NoninFramer(_ResyncFramer):
+class NoninFramer(_NoninFramer):
     """Formats 2 and 7: checks every 5-byte frame (start byte, status bit 7, checksum) and the
     SYNC bit, assembles 25-frame packets and hands on `packets_per_frame` packets at a time
     (default 3: one second). A bad frame or a packet cut short drops the packet in progress;
@@ -219,7 +188,7 @@ class NoninFramer(_ResyncFramer):
                 self._emit(out, self.group)
                 self.group.clear()
             kind, reason = problem
-            self._lose(kind, f"frame {number} of a packet: {reason}", self.packet)
+            self._lose(out, f"frame {number} of a packet: {reason}", self.packet, kind=kind)
             self.packet.clear()
         del buf[:pos]
         return out
@@ -253,7 +222,7 @@ def format8_problem(frame: bytes | bytearray) -> str | None:
     return None
 
 
-class NoninFormat8Framer(_ResyncFramer):
+class NoninFormat8Framer(_NoninFramer):
     """Format 8: 4-byte frames without a checksum, once a second. Sync rests on bit 7 (set in
     STATUS only). While searching, a frame is accepted only when the byte after it starts the
     next frame, so a lock is confirmed by two frames; once locked, frames go on at once."""
@@ -261,28 +230,12 @@ class NoninFormat8Framer(_ResyncFramer):
     def feed(self, data: bytes) -> list[bytes | FrameError]:
         self.buffer += data
         out: list[bytes | FrameError] = []
-        buf, pos = self.buffer, 0
-        while len(buf) - pos >= FORMAT8_SIZE:
-            frame = buf[pos:pos + FORMAT8_SIZE]
-            problem = format8_problem(frame)
-            if not self.locked:
-                if problem is None:
-                    if len(buf) - pos == FORMAT8_SIZE:
-                        break  # wait for the next frame's first byte
-                    if buf[pos + FORMAT8_SIZE] & 0x80:
-                        self._relock(out)
-                        continue
-                self._skip(out, frame[:1])
-                pos += 1
-                continue
-            if problem is None:
-                self.stats["frames"] += 1
-                self._emit(out, frame)
-                pos += FORMAT8_SIZE
-                continue
-            self._lose("lost_sync", f"frame: {problem}")
-        del buf[:pos]
+        self._feed_sync_bit_frames(out, FORMAT8_SIZE, format8_problem, self._frame)
         return out
+
+    def _frame(self, out: list[bytes | FrameError], frame: bytearray) -> None:
+        self.stats["frames"] += 1
+        self._emit(out, frame)
 
     def pending(self) -> bytes:
         return bytes(self.lost + self.buffer)
