@@ -127,6 +127,8 @@ def test_every_right_is_held_by_the_roles_the_issue_gives_it():
         "audit.read": ["team_lead", "administrator"],
         "enrolment.change": ["administrator"],
         "staff.manage": ["administrator"],
+        "citizen.export": ["team_lead", "administrator"],
+        "retention.run": ["administrator"],
     }
 
 
