@@ -10,6 +10,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def not_under_sudo(monkeypatch):
+    """Audit entries as without sudo, whoever runs the suite (identity tests set SUDO_USER)."""
+    monkeypatch.delenv("SUDO_USER", raising=False)
+
+
 @pytest.fixture
 def make_distribution(tmp_path, monkeypatch):
     """Put a real distribution (a .dist-info with entry points, plus its module) on sys.path.

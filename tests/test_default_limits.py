@@ -29,11 +29,6 @@ INSTALLED = plugin_manager.get()[1].modules
 HOUR = timedelta(hours=1)
 
 
-@pytest.fixture(autouse=True)
-def not_under_sudo(monkeypatch):
-    monkeypatch.delenv("SUDO_USER", raising=False)
-
-
 @pytest.fixture
 def db(tmp_path):
     database = store.open_database(tmp_path / "central.db")

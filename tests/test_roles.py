@@ -20,12 +20,6 @@ ORG = "kommune-0999"
 INSTALLED = plugin_manager.get()[1].modules
 
 
-@pytest.fixture(autouse=True)
-def not_under_sudo(monkeypatch):
-    """Audit details as without sudo, whoever runs the tests (see test_identity_*)."""
-    monkeypatch.delenv("SUDO_USER", raising=False)
-
-
 @pytest.fixture
 def db(tmp_path):
     database = store.open_database(tmp_path / "central.db")
