@@ -601,11 +601,12 @@ class SeriesCache:
         """What _series_rows(..., records=False) gives now."""
         since_text = store.utc_text(since)
         kept = self._kept.pop((patient, key), None)
+        if kept is not None:
+            self._size -= len(kept.rows)
         if kept is None or since_text < kept.since or most != kept.most:
             rows = _series_rows(db, patient, key, since=since, most=most, records=False)
             last = max((row[4] for row in rows), default=0)
         else:
-            self._size -= len(kept.rows)
             rows, last = kept.rows, kept.last
             if new := _series_rows(db, patient, key, since=since, most=most, records=False,
                                    after=last):
