@@ -10,6 +10,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+def write_central_toml(folder: Path, tables: str = "", *, broker: str = "mqtt://127.0.0.1:1",
+                       storage: str = "data") -> Path:
+    """`folder`/central.toml of organisation kommune-0999 (the default time zone): its
+    broker a port nobody listens on unless given, its database in `folder`/`storage`, then
+    `tables` (TOML: modules, exporters, retention...)."""
+    path = folder / "central.toml"
+    path.write_text(f'role = "central"\norganisation = "kommune-0999"\n'
+                    f'[broker]\nurl = "{broker}"\n[storage]\npath = "{folder / storage}"\n'
+                    + textwrap.dedent(tables))
+    return path
+
+
 @pytest.fixture(autouse=True)
 def not_under_sudo(monkeypatch):
     """Audit entries as without sudo, whoever runs the suite (identity tests set SUDO_USER)."""

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 
 from telemon import admin, alarms, plugin_manager, store
 from telemon.codes import KNOWN
@@ -259,13 +260,7 @@ def cli():
 
 @pytest.fixture
 def central(tmp_path):
-    path = tmp_path / "central.toml"
-    path.write_text(f'role = "central"\norganisation = "{ORG}"\n'
-                    'timezone = "Europe/Copenhagen"\n'
-                    '[broker]\nurl = "mqtt://127.0.0.1:1"\n'
-                    f'[storage]\npath = "{tmp_path / "data"}"\n'
-                    '[modules.copd]\nenabled = true\n')
-    return str(path)
+    return str(write_central_toml(tmp_path, "[modules.copd]\nenabled = true\n"))
 
 
 @pytest.fixture

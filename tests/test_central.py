@@ -24,6 +24,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import write_central_toml
 
 from telemon import config, mqtt, plugin_manager, store, wire
 from telemon.backoff import Backoff
@@ -43,17 +44,7 @@ MOSQUITTO_PUB = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
 
 
 def write_config(folder: Path, url: str, extra: str = "") -> Path:
-    path = folder / "central.toml"
-    path.write_text(f'''role = "central"
-organisation = "{ORG}"
-[broker]
-url = "{url}"
-[storage]
-path = "{folder / 'data'}"
-[modules.copd]
-enabled = true
-{extra}''')
-    return path
+    return write_central_toml(folder, f"[modules.copd]\nenabled = true\n{extra}", broker=url)
 
 
 def load(path: Path):

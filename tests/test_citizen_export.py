@@ -19,6 +19,7 @@ import click
 import pluggy
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 
 from telemon import admin, hookspecs, plugin_manager, store, wire
 from telemon.codes import KNOWN
@@ -106,11 +107,7 @@ def fill(db, patient: str, number: int) -> dict:
 
 @pytest.fixture
 def central(tmp_path):
-    config = tmp_path / "central.toml"
-    config.write_text(f'role = "central"\norganisation = "{ORG}"\n'
-                      '[broker]\nurl = "mqtt://127.0.0.1:1"\n'
-                      f'[storage]\npath = "{tmp_path / "data"}"\n'
-                      '[modules.copd]\nenabled = true\n')
+    config = write_central_toml(tmp_path, "[modules.copd]\nenabled = true\n")
     db = store.open_database(store.central_database_path(tmp_path / "data"))
     went_in = {"p-0001": fill(db, "p-0001", 1), "p-0002": fill(db, "p-0002", 2)}
     yield config, db, went_in

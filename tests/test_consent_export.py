@@ -5,12 +5,12 @@ skipped, audited once per patient and batch, and never retried. Real central dat
 from __future__ import annotations
 
 import json
-import textwrap
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 
 from telemon import admin, config, plugin_manager, store
 from telemon.codes import KNOWN
@@ -153,18 +153,11 @@ def test_the_builtin_exporters_declare_their_purposes():
 def test_export_run_reports_skips_and_fhir_writes_only_the_consented(db, tmp_path):
     consent(db, "p-0001", True)
     store.store_observations(db, [observation(1, "p-0001"), observation(2, "p-0002")])
-    path = tmp_path / "central.toml"
-    path.write_text(textwrap.dedent(f"""\
-        role = "central"
-        organisation = "kommune-0999"
-        [broker]
-        url = "mqtt://127.0.0.1:1883"
-        [storage]
-        path = "{tmp_path / 'central'}"
+    path = write_central_toml(tmp_path, f"""\
         [exporters.fhir]
         enabled = true
         directory = "{tmp_path / 'fhir'}"
-    """))
+    """, storage="central")
     config.load(path, plugin_manager.get()[1])  # a usable config, or this test is wrong
 
     result = CliRunner().invoke(export_group, ["run", "--config", str(path)])

@@ -19,6 +19,7 @@ import click
 import msgspec
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 from test_alarms import ORG, T0, enrol, evaluations, ingest, reading, unresolved
 
 from telemon import admin, alarms, config, plugin_manager, roles, store
@@ -173,10 +174,7 @@ def run(tmp_path):
     cli = click.Group(name="telemon")
     for command in admin.COMMANDS:
         cli.add_command(command)
-    path = tmp_path / "central.toml"
-    path.write_text(f'role = "central"\norganisation = "{ORG}"\n'
-                    'timezone = "Europe/Copenhagen"\n[broker]\nurl = "mqtt://127.0.0.1:1"\n'
-                    f'[storage]\npath = "{tmp_path / "data"}"\n[modules.copd]\nenabled = true\n')
+    path = write_central_toml(tmp_path, "[modules.copd]\nenabled = true\n")
 
     def invoke(*args: str, by: str | None = "lead-a"):
         return CliRunner().invoke(cli, [*args, "--config", str(path),

@@ -7,12 +7,12 @@ import json
 import logging
 import subprocess
 import sys
-import textwrap
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 
 from telemon import config, store
 from telemon.codes import KNOWN
@@ -87,15 +87,7 @@ def db(tmp_path):
 
 
 def central_config(tmp_path, registry: Registry, exporters: str):
-    path = tmp_path / "central.toml"
-    path.write_text(textwrap.dedent(f"""\
-        role = "central"
-        organisation = "kommune-0999"
-        [broker]
-        url = "mqtt://127.0.0.1:1883"
-        [storage]
-        path = "{tmp_path / 'central'}"
-    """) + textwrap.dedent(exporters))
+    path = write_central_toml(tmp_path, exporters, storage="central")
     return path, config.load(path, registry)
 
 

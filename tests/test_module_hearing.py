@@ -17,6 +17,7 @@ import numpy as np
 import pluggy
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 from test_alarms import ingest
 
 from telemon import admin, alarms, config, hookspecs, plugin_manager, store
@@ -428,10 +429,7 @@ def report_cli(pm=None) -> click.Group:
 def central(tmp_path):
     """A real central: its config file and database, with two patients (audiograms for
     p-0001 only: an older normal pair and, 2 days ago, a sudden loss in the left ear)."""
-    config_path = tmp_path / "central.toml"
-    config_path.write_text(f'role = "central"\norganisation = "{ORG}"\n'
-                           '[broker]\nurl = "mqtt://127.0.0.1:1"\n'
-                           f'[storage]\npath = "{tmp_path / "data"}"\n')
+    config_path = write_central_toml(tmp_path)
     db = store.open_database(store.central_database_path(tmp_path / "data"))
     installed = {"hearing": MODULE}
     for n in (1, 2):

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from conftest import write_central_toml
 
 from telemon import admin, alarms, config, nursing, plugin_manager, store
 from telemon.codes import KNOWN
@@ -42,18 +43,7 @@ ORG_PULSE = LimitSet(yellow_low=Decimal(50), yellow_high=Decimal(100), red_high=
 
 def write_config(folder: Path, broker: str = "mqtt://127.0.0.1:1", module: str = "ward") -> Path:
     """A central.toml for the ward (the broker: a port nobody listens on, unless given)."""
-    path = folder / "central.toml"
-    path.write_text(f'''role = "central"
-organisation = "{ORG}"
-timezone = "Europe/Copenhagen"
-[broker]
-url = "{broker}"
-[storage]
-path = "{folder / 'data'}"
-[modules.{module}]
-enabled = true
-''')
-    return path
+    return write_central_toml(folder, f"[modules.{module}]\nenabled = true\n", broker=broker)
 
 
 def load_config(path: Path) -> CentralConfig:

@@ -11,13 +11,13 @@ import json
 import random
 import re
 import sqlite3
-import textwrap
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 
 from telemon import admin, config, plugin_manager, retention, store
 from telemon.codes import KNOWN
@@ -265,16 +265,7 @@ def test_only_an_administrator_runs_retention_once_staff_are_registered(db, tmp_
 
 
 def central_toml(tmp_path, retention_table: str) -> str:
-    path = tmp_path / "central.toml"
-    path.write_text(textwrap.dedent(f"""\
-        role = "central"
-        organisation = "kommune-0999"
-        [broker]
-        url = "mqtt://127.0.0.1:1"
-        [storage]
-        path = "{tmp_path / 'central'}"
-    """) + textwrap.dedent(retention_table))
-    return str(path)
+    return str(write_central_toml(tmp_path, retention_table, storage="central"))
 
 
 def test_the_retention_table_is_loaded_and_optional(tmp_path):

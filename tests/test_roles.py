@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from conftest import write_central_toml
 
 from telemon import admin, alarms, config, nursing, plugin_manager, roles, store
 from telemon.models import Alarm, AlarmEvent, LimitSet
@@ -220,9 +221,7 @@ def test_a_cpr_number_typed_as_patient_is_refused_before_it_could_be_audited(sta
 
 
 def test_the_dashboard_shows_a_refusal_in_one_line(staffed, tmp_path):
-    path = tmp_path / "central.toml"
-    path.write_text(f'role = "central"\norganisation = "{ORG}"\n[broker]\n'
-                    'url = "mqtt://127.0.0.1:1"\n[storage]\npath = "data"\n')
+    path = write_central_toml(tmp_path)
     _, registry = plugin_manager.get()
     central = config.load(path, registry)
     with pytest.raises(admin.AdminError) as caught:  # the dashboard shows AdminErrors
@@ -241,12 +240,7 @@ def run(tmp_path):
     cli = click.Group(name="telemon")
     for command in admin.COMMANDS:
         cli.add_command(command)
-    central_toml = tmp_path / "central.toml"
-    central_toml.write_text(f'role = "central"\norganisation = "{ORG}"\n'
-                      'timezone = "Europe/Copenhagen"\n'
-                      '[broker]\nurl = "mqtt://127.0.0.1:1"\n'
-                      f'[storage]\npath = "{tmp_path / "data"}"\n'
-                      '[modules.copd]\nenabled = true\n')
+    central_toml = write_central_toml(tmp_path, "[modules.copd]\nenabled = true\n")
 
     def invoke(*args: str, by: str):
         return CliRunner().invoke(cli, [*args, "--config", str(central_toml), "--by", by])
