@@ -274,10 +274,10 @@ class AlarmEngine:
                                     records=True)
             else:
                 rows = self.series.rows(self.db, patient, key, since=since, most=MAX_SERIES)
-            effective = [row[1] for row in rows]
             for module_name, rule in rules:
                 found = self.limits_in_force(patient, module_name, key, now)
-                start = bisect.bisect_left(effective, store.utc_text(now - rule.window))
+                start = bisect.bisect_left(rows, store.utc_text(now - rule.window),
+                                           key=_effective)
                 series = _series(patient, key, rows[start:], found[0] if found else LimitSet(),
                                  records=rule.records)
                 try:
