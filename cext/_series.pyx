@@ -46,23 +46,11 @@ cdef extern from *:
     """
     double pos "telemon_pos"(double v) noexcept nogil
 
-cdef extern from *:
-    """
-    #include <string.h>
-    /* An int64 ordered like the double (finite or infinite, -0 taken as +0): the window
-       compares sample times as integers, which is quicker on the loop's critical path. */
-    static inline int64_t telemon_key(double v) {
-        int64_t bits;
-        v += 0.0;
-        memcpy(&bits, &v, sizeof bits);
-        return bits ^ (int64_t) ((uint64_t) (bits >> 63) >> 1);
-    }
-    """
-    int64_t key "telemon_key"(double v) noexcept nogil
-
 cdef signed char NO_VALUE = -128
 OK, TIME_NOT_FINITE, TIME_DECREASING, VALUE_INFINITE = 0, 1, 2, 3
-cdef Py_ssize_t BLOCK = 4096  # samples per nogil stretch (buffers grow between stretches)
+# Samples per nogil stretch (buffers grow between stretches). One stretch takes the alarm
+# engine's series (MAX_SERIES = 5,000) whole: its window buffers are allocated once a call.
+cdef Py_ssize_t BLOCK = 8192
 
 
 def limit_bands(const double[::1] values, double red_low, double yellow_low,
@@ -276,9 +264,149 @@ def threshold(const double[::1] times, const double[::1] values, double high, do
 
 # --- rolling statistics: two-stack sliding-window aggregate --------------------------------
 
-cdef struct Recip:
-    double mean  # 1/count, NaN while count < the minimum for a mean
-    double var   # 1/(count - 1), NaN while count < the minimum for an SD
+cdef double *_INV = NULL  # _INV[j] = 1/j for 0 < j < _INV_LEN, NaN at j = 0 and j = -1
+cdef Py_ssize_t _INV_LEN = 0
+_INV_TABLES = []  # every table ever made, kept: a loop without the GIL may still read one
+
+
+cdef int _inverses(Py_ssize_t most) except -1:
+    """1/j for every count j up to `most`, shared by all windows: the loop multiplies,
+    without a division, and a call does not pay for its own table. A bigger table replaces
+    the pointer but the old one stays allocated (a loop in another thread may hold it); all
+    of them together take less than twice the largest."""
+    global _INV, _INV_LEN
+    cdef Py_ssize_t j, length
+    cdef double[::1] table
+    if most < _INV_LEN:
+        return 0
+    length = max(most + 1, 2 * _INV_LEN, 1 << 14)
+    array = np.empty(length + 1)
+    table = array
+    table[0] = table[1] = NAN
+    for j in range(1, length):
+        table[j + 1] = 1.0 / <double> j
+    _INV_TABLES.append(array)
+    _INV = &table[1]
+    _INV_LEN = length
+    return 0
+
+
+cdef struct Run:
+    # A window's state while a stretch of samples runs through it (see _Window).
+    double *t
+    double *x
+    Sfx *sfx
+    const double *inv
+    Py_ssize_t head, mid, tail
+    double shift, sb, qb, lob, hib, width, k
+    int64_t min_count
+
+
+cdef inline void _stretch(Run *w, const double *times, const double *values, Py_ssize_t start,
+                          Py_ssize_t stop, int64_t *co, double *mo, double *so, double *lo,
+                          double *hi, bint spc) noexcept nogil:
+    """Samples start..stop-1 through the window: evict what left it, then the statistics of
+    the window including the sample (rolling) or of the samples before it (spc): count, mean,
+    SD and min, max (rolling) or mean -/+ k SD (spc). Called with spc a constant, so the
+    compiler makes one loop for each, without the other's tests. The state lives in locals
+    for the loop, so the compiler keeps it in registers instead of reloading it after every
+    store to an output column."""
+    cdef Py_ssize_t i, j, cnt
+    cdef Py_ssize_t head = w.head, mid = w.mid, tail = w.tail
+    cdef double *bt = w.t
+    cdef double *bx = w.x
+    cdef Sfx *sfx = w.sfx
+    cdef const double *inv = w.inv
+    cdef Sfx f
+    cdef double t, ct, x, d, mr, s, q, v, m, rm, rv, sdev, lo_, hi_
+    cdef double c = w.shift, sb = w.sb, qb = w.qb, lob = w.lob, hib = w.hib
+    cdef double width = w.width, k = w.k
+    cdef int64_t min_count = w.min_count
+    for i in range(start, stop):
+        t = times[i]
+        x = values[i]
+        ct = t - width
+        # Mostly 0-2 samples leave per step, at random: evicting up to four without a
+        # branch saves the misprediction of all but ~2 % of the steps. The loads depend on
+        # `head` only (times are sorted: if one left, so did those before it), keeping
+        # the chain from one sample's head to the next short. Times are compared as
+        # doubles (-0 equals +0, as in the reference): the loop is bound by instruction
+        # throughput, and an integer key cost more instructions than it saved latency.
+        if head + 4 <= mid:
+            head += ((bt[head] <= ct) + (bt[head + 1] <= ct)
+                     + ((bt[head + 2] <= ct) + (bt[head + 3] <= ct)))
+        while head < mid and bt[head] <= ct:
+            head += 1
+        if head == mid and mid < tail:
+            # The front is empty: drop the back's samples that left, then rebuild the
+            # front from the rest, shifted by its newest value.
+            while head < tail and bt[head] <= ct:
+                head += 1
+            if head < tail:
+                c = bx[tail - 1]
+                s = q = 0.0
+                lo_, hi_ = INF, -INF
+                j = tail
+                while j > head:
+                    j -= 1
+                    v = bx[j]
+                    d = v - c
+                    s = s + d
+                    q = q + d * d
+                    lo_ = v if v < lo_ else lo_
+                    hi_ = v if v > hi_ else hi_
+                    sfx[j] = Sfx(s, q, lo_, hi_)
+            mid = tail
+            sfx[mid] = NO_SFX
+            sb = qb = 0.0
+            lob, hib = INF, -INF
+        if not spc and x == x:
+            if head == tail:  # an empty window: this sample is the shift
+                c = x
+            bt[tail] = t
+            bx[tail] = x
+            tail += 1
+            d = x - c
+            sb = sb + d
+            qb = qb + d * d
+            lob = x if x < lob else lob
+            hib = x if x > hib else hib
+        f = sfx[head]  # NO_SFX when the front is empty
+        cnt = tail - head
+        rm = inv[cnt]  # 1/count; NaN for none
+        rv = inv[cnt - 1]  # 1/(count - 1); NaN for fewer than 2
+        if spc and cnt < min_count:
+            rm = rv = NAN
+        s = f.s + sb
+        q = f.q + qb
+        mr = s * rm
+        m = c + mr
+        # q >= s * mr up to rounding; q is inf when the squares overflow.
+        sdev = sqrt((q if q == INF else pos(q - s * mr)) * rv)
+        co[i] = cnt
+        mo[i] = m
+        so[i] = sdev
+        if spc:
+            lo[i] = m - k * sdev
+            hi[i] = m + k * sdev
+        elif cnt:
+            lo[i] = f.lo if f.lo < lob else lob
+            hi[i] = f.hi if f.hi > hib else hib
+        else:
+            lo[i] = hi[i] = NAN
+        if spc and x == x:  # after its statistics: the sample is not in its own window
+            if head == tail:
+                c = x
+            bt[tail] = t
+            bx[tail] = x
+            tail += 1
+            d = x - c
+            sb = sb + d
+            qb = qb + d * d
+            lob = x if x < lob else lob
+            hib = x if x > hib else hib
+    w.head, w.mid, w.tail = head, mid, tail
+    w.shift, w.sb, w.qb, w.lob, w.hib = c, sb, qb, lob, hib
 
 
 cdef class _Window:
@@ -287,8 +415,6 @@ cdef class _Window:
     # (sb, qb, lob, hib). Sums are of d = x - shift, so merging is adding; `shift` is a
     # sample of the window (see the module docstring).
     cdef Buf buf
-    cdef Recip *recip  # per count: no division in the loop
-    cdef Py_ssize_t recip_len
     cdef double shift, sb, qb, lob, hib
     cdef double width, k, last_time
     cdef int64_t min_count  # mean and SD need this many values (SPC); 0: rolling
@@ -296,8 +422,6 @@ cdef class _Window:
 
     def __cinit__(self, *args):
         buf_init(&self.buf, True)
-        self.recip = NULL
-        self.recip_len = 0
         self.shift = NAN
         self.sb = self.qb = 0.0
         self.lob, self.hib = INF, -INF
@@ -305,133 +429,33 @@ cdef class _Window:
 
     def __dealloc__(self):
         buf_free(&self.buf)
-        free(self.recip)
-
-    cdef int _reciprocals(self, Py_ssize_t most) except -1:
-        """1/count and 1/(count - 1) for every count up to `most`."""
-        cdef Py_ssize_t j, length = max(most + 1, 2 * self.recip_len)
-        cdef int64_t mean_min = max(self.min_count, 1), var_min = max(self.min_count, 2)
-        cdef void *p
-        if most < self.recip_len:
-            return 0
-        p = realloc(self.recip, length * sizeof(Recip))
-        if p == NULL:
-            raise MemoryError()
-        self.recip = <Recip *> p
-        for j in range(self.recip_len, length):
-            self.recip[j].mean = 1.0 / <double> j if j >= mean_min else NAN
-            self.recip[j].var = 1.0 / <double> (j - 1) if j >= var_min else NAN
-        self.recip_len = length
-        return 0
 
     cdef tuple slide(self, const double[::1] times, const double[::1] values):
-        """Per sample: evict what left the window, then the statistics of the window
-        including the sample (rolling) or of the samples before it (SPC): count, mean, SD
-        and min, max (rolling) or mean -/+ k SD (SPC)."""
-        cdef Py_ssize_t i, j, start, stop, n = values.shape[0]
-        cdef Py_ssize_t head, mid, tail
-        cdef int64_t *bk  # the window's sample times as key()
-        cdef int64_t ck
-        cdef double *bx
-        cdef Sfx *sfx
-        cdef Sfx f
-        cdef Recip r
-        cdef double x, d, mr, s, q, v, m, sdev, lo_, hi_, width = self.width
-        cdef double c, sb, qb, lob, hib, k = self.k
-        cdef bint exclude = self.exclude, spc = self.min_count > 0
+        cdef Py_ssize_t start, stop, n = values.shape[0]
+        cdef Run w
         count, mean, sd, low, high = _columns(n, 5, True)
         cdef int64_t[::1] co = count
         cdef double[::1] mo = mean, so = sd, lo = low, hi = high
         if n == 0:
             return count, mean, sd, low, high
         _check_order(times[0], self.last_time)
+        w.width, w.k, w.min_count = self.width, self.k, self.min_count
         for start in range(0, n, BLOCK):
             stop = min(start + BLOCK, n)
             buf_reserve(&self.buf, stop - start)
-            self._reciprocals(self.buf.cap)
-            # The state lives in locals for the loop, so the compiler can keep it in
-            # registers instead of reloading it after every store to an output column.
-            head, mid, tail = self.buf.head, self.buf.mid, self.buf.tail
-            bk, bx, sfx = <int64_t *> self.buf.t, self.buf.x, self.buf.sfx
-            c, sb, qb, lob, hib = self.shift, self.sb, self.qb, self.lob, self.hib
+            _inverses(self.buf.cap)
+            w.t, w.x, w.sfx, w.inv = self.buf.t, self.buf.x, self.buf.sfx, _INV
+            w.head, w.mid, w.tail = self.buf.head, self.buf.mid, self.buf.tail
+            w.shift, w.sb, w.qb, w.lob, w.hib = self.shift, self.sb, self.qb, self.lob, self.hib
             with nogil:
-                for i in range(start, stop):
-                    x = values[i]
-                    ck = key(times[i] - width)
-                    # Mostly 0-2 samples leave per step, at random: evicting up to two
-                    # without a branch saves a misprediction a sample. Both loads depend
-                    # on `head` only (times are sorted: if the second left, so did the
-                    # first), keeping the chain from one sample's head to the next short.
-                    if head + 2 <= mid:
-                        head += (bk[head] <= ck) + (bk[head + 1] <= ck)
-                    while head < mid and bk[head] <= ck:
-                        head += 1
-                    if head == mid and mid < tail:
-                        # The front is empty: drop the back's samples that left, then
-                        # rebuild the front from the rest, shifted by its newest value.
-                        while head < tail and bk[head] <= ck:
-                            head += 1
-                        if head < tail:
-                            c = bx[tail - 1]
-                            s = q = 0.0
-                            lo_, hi_ = INF, -INF
-                            j = tail
-                            while j > head:
-                                j -= 1
-                                v = bx[j]
-                                d = v - c
-                                s = s + d
-                                q = q + d * d
-                                lo_ = v if v < lo_ else lo_
-                                hi_ = v if v > hi_ else hi_
-                                sfx[j] = Sfx(s, q, lo_, hi_)
-                        mid = tail
-                        sfx[mid] = NO_SFX
-                        sb = qb = 0.0
-                        lob, hib = INF, -INF
-                    if x == x and not exclude:
-                        if head == tail:  # an empty window: this sample is the shift
-                            c = x
-                        bk[tail] = key(times[i])
-                        bx[tail] = x
-                        tail += 1
-                        d = x - c
-                        sb = sb + d
-                        qb = qb + d * d
-                        lob = x if x < lob else lob
-                        hib = x if x > hib else hib
-                    f = sfx[head]  # NO_SFX when the front is empty
-                    r = self.recip[tail - head]
-                    s = f.s + sb
-                    q = f.q + qb
-                    mr = s * r.mean
-                    m = c + mr
-                    # q >= s * mr up to rounding; q is inf when the squares overflow.
-                    sdev = sqrt((q if q == INF else pos(q - s * mr)) * r.var)
-                    co[i] = tail - head
-                    mo[i] = m
-                    so[i] = sdev
-                    if spc:
-                        lo[i] = m - k * sdev
-                        hi[i] = m + k * sdev
-                    elif head < tail:
-                        lo[i] = f.lo if f.lo < lob else lob
-                        hi[i] = f.hi if f.hi > hib else hib
-                    else:
-                        lo[i] = hi[i] = NAN
-                    if x == x and exclude:
-                        if head == tail:
-                            c = x
-                        bk[tail] = key(times[i])
-                        bx[tail] = x
-                        tail += 1
-                        d = x - c
-                        sb = sb + d
-                        qb = qb + d * d
-                        lob = x if x < lob else lob
-                        hib = x if x > hib else hib
-            self.buf.head, self.buf.mid, self.buf.tail = head, mid, tail
-            self.shift, self.sb, self.qb, self.lob, self.hib = c, sb, qb, lob, hib
+                if self.exclude:
+                    _stretch(&w, &times[0], &values[0], start, stop, &co[0], &mo[0], &so[0],
+                             &lo[0], &hi[0], True)
+                else:
+                    _stretch(&w, &times[0], &values[0], start, stop, &co[0], &mo[0], &so[0],
+                             &lo[0], &hi[0], False)
+            self.buf.head, self.buf.mid, self.buf.tail = w.head, w.mid, w.tail
+            self.shift, self.sb, self.qb, self.lob, self.hib = w.shift, w.sb, w.qb, w.lob, w.hib
         self.last_time = times[n - 1]
         return count, mean, sd, low, high
 
