@@ -515,10 +515,10 @@ def _version_at(versions: Iterable[tuple[datetime, int, LimitSet]], at: datetime
                 owner: str) -> tuple[LimitSet, str] | None:
     """The version valid at `at` (the last to start by then), as (limits, "<owner> v<N>")."""
     found = None
-    for valid_from, version, limits in versions:
-        if valid_from <= at:
-            found = (limits, f"{owner} v{version}")
-    return found
+    for found_version in versions:
+        if found_version[0] <= at:
+            found = found_version
+    return None if found is None else (found[2], f"{owner} v{found[1]}")
 
 
 # --- triage ----------------------------------------------------------------------------------

@@ -78,8 +78,8 @@ class Counters:
     alarms_published: int = 0
     groups: int = 0
     not_compared: int = 0
-    first_group_at: float | None = None  # time.perf_counter() when the first group began
-    last_group_at: float | None = None  # ... and when the last one was acknowledged
+    first_message_at: float | None = None  # time.perf_counter() when the first arrived
+    last_group_at: float | None = None  # ... and when the last group was acknowledged
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,15 @@ class Message:
     payload: bytes
     mid: int
     qos: int
+
+
+@dataclass
+class Accepted:
+    """What of one message may be stored."""
+
+    message: Message
+    observations: list[Observation]
+    responses: list[QuestionnaireResponse]
 
 
 class Central:
@@ -275,6 +284,8 @@ class Central:
         self._subscribed.clear()
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: Any) -> None:
+        if self.counters.first_message_at is None:
+            self.counters.first_message_at = time.perf_counter()
         self._pending.append(Message(message.topic, message.payload, message.mid, message.qos))
 
     def _on_publish(self, _client: paho.Client, _userdata: Any, mid: int, reason: Any,
@@ -317,8 +328,6 @@ class Central:
 
     def _handle(self, messages: list[Message]) -> None:
         """Store one group of messages in one transaction, then acknowledge them all."""
-        if self.counters.first_group_at is None:
-            self.counters.first_group_at = time.perf_counter()
         now = datetime.now(UTC)
         # decoding needs no database: done before the write lock is taken, so that several
         # ingest processes decode at the same time and queue only for their writes
@@ -340,58 +349,92 @@ class Central:
 
     def _store_and_evaluate(self, messages: list[Message],
                             decoded: list[wire.Decoded | Exception], now: datetime) -> Outcome:
-        """One transaction: each message's records stored in its own savepoint, then all
-        the new ones evaluated; the engine's outcome."""
+        """One transaction: each message's records sorted out in its own savepoint (what may
+        not be stored is quarantined), the accepted ones stored, then the new ones evaluated;
+        the engine's outcome."""
         with store.transaction(self.db):
             self.engine.directory.refresh()
-            new: list[Observation] = []
-            responses: list[QuestionnaireResponse] = []
+            accepted: list[Accepted] = []
             for message, content in zip(messages, decoded, strict=True):
                 try:
                     with store.savepoint(self.db):  # one message fails alone
-                        observations, answered = self._ingest(message, content, now)
-                        new += observations
-                        responses += answered
+                        accepted.append(self._sort_out(message, content))
                 except sqlite3.OperationalError:
                     raise
                 except Exception as exc:  # a bug must not lose the message or stop ingest
-                    logger.exception("message on %s could not be processed; quarantined",
-                                     message.topic)
-                    self._quarantine(message.topic, f"could not be processed: {exc!r}",
-                                     message.payload)
+                    self._unprocessable(message, exc)
+            new, responses = self._store(accepted, now)
             return self.engine.evaluate_new(new, responses, now)
 
-    def _ingest(self, message: Message, decoded: wire.Decoded | Exception, now: datetime,
-                ) -> tuple[list[Observation], list[QuestionnaireResponse]]:
-        """Store what one message carries; return its new observations and responses."""
+    def _sort_out(self, message: Message, decoded: wire.Decoded | Exception) -> Accepted:
+        """What of one message may be stored; the rest is quarantined with the reason."""
         topic = mqtt.parse_topic(message.topic)
         if topic is None or topic.kind != "obs" or topic.org != self.organisation:
             self._quarantine(message.topic, "not a gateway reading topic of organisation "
                              f"{self.organisation}", message.payload)
-            return [], []
+            return Accepted(message, [], [])
         if isinstance(decoded, Exception):
             raise decoded
         for error in decoded.errors:
             self._quarantine(message.topic, f"invalid wire form: {error}",
                              error.raw or message.payload)
-        observations, others = [], []
+        accepted = Accepted(message, [], [])
         for record in decoded.records:
             reason = self._refusal(record, topic.gateway)
             if reason is not None:
                 self._quarantine(message.topic, reason, wire.encode(record))
             elif isinstance(record, Observation):
-                observations.append(record)
+                accepted.observations.append(record)
             else:
-                others.append(record)
+                accepted.responses.append(record)
+        return accepted
+
+    def _store(self, accepted: list[Accepted], now: datetime,
+               ) -> tuple[list[Observation], list[QuestionnaireResponse]]:
+        """Store the group's accepted records with one statement (SQLite then walks the
+        indexes once, in id order); if that fails, message by message, so that the message
+        at fault is quarantined alone. The new observations and responses."""
+        new: list[Observation] = []
+        responses: list[QuestionnaireResponse] = []
+        try:
+            with store.savepoint(self.db):
+                new, responses = self._store_records(
+                    [o for part in accepted for o in part.observations],
+                    [r for part in accepted for r in part.responses], now)
+        except sqlite3.OperationalError:
+            raise
+        except Exception:
+            logger.warning("a group's records could not be stored together; storing them "
+                           "message by message", exc_info=True)
+            for part in accepted:
+                try:
+                    with store.savepoint(self.db):
+                        stored = self._store_records(part.observations, part.responses, now)
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
+                    self._unprocessable(part.message, exc)
+                    part.observations, part.responses = [], []  # none of it stored
+                    continue
+                new += stored[0]
+                responses += stored[1]
+        offered = sum(len(part.observations) + len(part.responses) for part in accepted)
+        self.counters.stored += len(new) + len(responses)
+        self.counters.duplicates += offered - len(new) - len(responses)
+        return new, responses
+
+    def _store_records(self, observations: list[Observation],
+                       responses: list[QuestionnaireResponse], now: datetime,
+                       ) -> tuple[list[Observation], list[QuestionnaireResponse]]:
+        """The new ones of these (already stored ids are skipped)."""
         new = store.store_observations(self.db, observations, received=now)
-        answered = []
-        for record in others:
-            if store.store_questionnaire_response(self.db, record, received=now):
-                answered.append(record)
-        stored = len(new) + len(answered)
-        self.counters.stored += stored
-        self.counters.duplicates += len(observations) + len(others) - stored
-        return new, answered
+        return new, [response for response in responses
+                     if store.store_questionnaire_response(self.db, response, received=now)]
+
+    def _unprocessable(self, message: Message, exc: Exception) -> None:
+        logger.error("message on %s could not be processed; quarantined", message.topic,
+                     exc_info=exc)
+        self._quarantine(message.topic, f"could not be processed: {exc!r}", message.payload)
 
     def _refusal(self, record: Any, gateway: str | None) -> str | None:
         if not isinstance(record, (Observation, QuestionnaireResponse)):

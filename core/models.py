@@ -68,15 +68,20 @@ class AbsentReason(enum.StrEnum):
     UNSUPPORTED = "unsupported"  # reserved special value
 
 
+# gc=False on every struct here: they hold only values (strings, numbers, times, tuples and
+# dicts of those, other such structs), so they can never be part of a reference cycle, and
+# the collector need not track them. Ingest makes tens of thousands a second; tracked, the
+# collections they set off took a tenth of the central's time (benchmarks/test_ingest.py).
 class Record(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"
+    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type",
+    gc=False,
 ):
     """A top-level wire record: `{"type": "<tag>", "v": 1, ...}` (see telemon.wire)."""
 
     v: Literal[1] = 1
 
 
-class Code(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Code(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """A coded concept; the canonical system for measurements is IEEE 11073 MDC."""
 
     system: str
@@ -84,7 +89,7 @@ class Code(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     display: str = ""
 
 
-class Component(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Component(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """One part of a compound reading (systolic, diastolic, mean of a blood pressure)."""
 
     code: Code
@@ -125,7 +130,7 @@ class Observation(Record, tag="observation"):
             raise ValueError("an observation needs a value, an absent reason or components")
 
 
-class Answer(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Answer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """One answered item: the item id and the chosen option or number (never item wording)."""
 
     item: str
@@ -146,7 +151,7 @@ class QuestionnaireResponse(Record, tag="questionnaire_response"):
     received: AwareDatetime | None = None
 
 
-class LimitSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class LimitSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """Four alarm limits for one code: outside red = red, outside yellow = yellow.
 
     Any limit may be unset. Set limits are ordered red_low <= yellow_low <= yellow_high
@@ -238,7 +243,7 @@ class Evaluation(Record, tag="evaluation"):
 AlarmState = Literal["open", "acknowledged", "resolved"]
 
 
-class AlarmEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class AlarmEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """One step in an alarm's audit trail: who did what, when, with what note."""
 
     at: AwareDatetime

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
@@ -516,9 +517,12 @@ def store_observations(db: sqlite_utils.Database, observations: Iterable[Observa
                 stored.add(obs.id)  # the same id twice in one call: the first is kept
                 new.append(obs)
         received_text = utc_text(received)  # the same for most: format it once
-        db.conn.executemany(_OBSERVATION_INSERT, (
-            _observation_row(obs, received_text if obs.received is received else None)
-            for obs in new))
+        rows = [_observation_row(obs, received_text if obs.received is received else None)
+                for obs in new]
+        # in id order, the primary key's index is walked once instead of entered at random
+        # per row (the edge's ids are random)
+        rows.sort(key=_row_id)
+        db.conn.executemany(_OBSERVATION_INSERT, rows)
     return new
 
 
@@ -687,6 +691,9 @@ def store_evaluations(db: sqlite_utils.Database, evaluations: Iterable[Evaluatio
 
     rows = [(e.observation, e.module, e.code, e.severity, text(e.limits, _json),
              e.limits_source, text(e.evaluated, utc_text)) for e in evaluations]
+    # in key order, the unique index is walked once instead of entered at random per row
+    # (the observation ids are random): a third less time for a group of ingest
+    rows.sort()
     with transaction(db):
         db.conn.executemany(
             "INSERT INTO evaluations (observation, module, code, severity, limits, "
@@ -801,10 +808,18 @@ def _insert(db: sqlite_utils.Database, table: str, row: dict, conflict: str = ""
 
 
 def utc_text(moment: datetime) -> str:
-    """Fixed-width UTC ISO 8601, so that text order is time order."""
+    """Fixed-width UTC ISO 8601 (`moment.astimezone(UTC).isoformat(timespec="microseconds")`),
+    so that text order is time order."""
     if moment.tzinfo is None:
         raise ValueError(f"a naive time cannot be stored: {moment.isoformat()}")
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # msgspec writes a UTC time as "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" (six digits, or none for
+    # a whole second) in a fraction of isoformat's time, which was a tenth of ingest
+    text = _json_encoder.encode(moment)
+    if len(text) == 22:
+        return text[1:20].decode() + ".000000+00:00"
+    return text[1:27].decode() + "+00:00"
 
 
 def _json(value: object) -> str:
@@ -816,6 +831,9 @@ _OBSERVATION_COLUMNS = ("id", "patient", "device", "gateway", "code_system", "co
                         "driver_version", "effective", "received", "wire")
 _OBSERVATION_INSERT = (f"INSERT INTO observations ({', '.join(_OBSERVATION_COLUMNS)}) "
                        f"VALUES ({', '.join('?' * len(_OBSERVATION_COLUMNS))})")
+
+
+_row_id = operator.itemgetter(0)  # of an _observation_row
 
 
 def _observation_row(obs: Observation, received_text: str | None = None) -> tuple:

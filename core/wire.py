@@ -13,6 +13,7 @@ bad item is reported (with its path) without losing the good ones beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 
@@ -63,10 +64,19 @@ class _Batch(msgspec.Struct, forbid_unknown_fields=True):
     items: list[msgspec.Raw]
 
 
+class _GoodBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch whose items all decode: read in one pass."""
+
+    type: Literal["batch"]
+    v: Literal[VERSION]
+    items: list[AnyRecord]
+
+
 _encoder = msgspec.json.Encoder(decimal_format="number")
 _head_decoder = msgspec.json.Decoder(_Head)
 _batch_decoder = msgspec.json.Decoder(_Batch)
 _record_decoder = msgspec.json.Decoder(AnyRecord)
+_good_batch_decoder = msgspec.json.Decoder(_GoodBatch)
 
 
 def encode(record: Record) -> bytes:
@@ -91,6 +101,10 @@ def decode(payload: bytes) -> Record:
 
 def decode_message(payload: bytes) -> Decoded:
     """All records of a message (one record or a batch); a WireError for each bad part."""
+    try:  # the usual message, a batch of good records, in one pass instead of one per part
+        return Decoded(_good_batch_decoder.decode(payload).items, [])
+    except (msgspec.DecodeError, ValueError):
+        pass  # anything else is read part by part, to say exactly what is wrong where
     try:
         head = _head_decoder.decode(payload)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

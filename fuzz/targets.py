@@ -318,7 +318,8 @@ def check_ingest(ingest: Ingest, topic: str, payload: bytes, keep: bool = True) 
     try:
         last_row = db.execute("SELECT COALESCE(MAX(id), 0) FROM quarantine").fetchone()[0]
         changes = db.conn.total_changes
-        central._ingest(Message(topic, payload, 0, 1), decode_payload(payload), T0)
+        message = Message(topic, payload, 0, 1)
+        central._store([central._sort_out(message, decode_payload(payload))], T0)
         rows = db.execute("SELECT source, reason FROM quarantine WHERE id > ?",
                           [last_row]).fetchall()
         written = db.conn.total_changes - changes

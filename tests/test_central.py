@@ -249,6 +249,37 @@ def test_a_group_that_fails_to_commit_is_not_acknowledged_and_its_readings_forgo
     ingest.close()
 
 
+def test_a_message_whose_records_break_the_group_insert_is_quarantined_alone(
+        tmp_path, monkeypatch):
+    """A group's readings are stored with one statement; if that fails, the group is stored
+    again message by message, so only the message at fault is quarantined."""
+    from fuzz.targets import Ingest  # a central's ingest on a real file, without a broker
+
+    ingest = Ingest.open(tmp_path)
+    central, acked = ingest.central, []
+    central._client = type("Client", (), {"ack": lambda self, mid, qos: acked.append(mid)})()
+    real = store._observation_row
+
+    def observation_row(obs, *args):
+        if obs.id == "gw-1-p-0001-spo2-2":
+            raise RuntimeError("row bug")
+        return real(obs, *args)
+
+    monkeypatch.setattr(store, "_observation_row", observation_row)
+    topic = mqtt.obs_topic(ORG, "gw-1")
+    central._handle([Message(topic, wire.encode_batch([reading(i, "p-0001", "gw-1")]), i, 1)
+                     for i in (1, 2, 3)])
+    assert acked == [1, 2, 3]
+    assert [r[0] for r in ingest.db.execute("SELECT id FROM observations ORDER BY id")] == [
+        "gw-1-p-0001-spo2-1", "gw-1-p-0001-spo2-3"]
+    assert count(ingest.db, "evaluations") == 2  # the stored ones, evaluated once
+    (reason, payload), = ingest.db.execute("SELECT reason, payload FROM quarantine").fetchall()
+    assert reason == "could not be processed: RuntimeError('row bug')"
+    assert wire.decode_message(payload).records == [reading(2, "p-0001", "gw-1")]
+    assert (central.counters.stored, central.counters.duplicates) == (2, 0)
+    ingest.close()
+
+
 def test_a_reading_delivered_again_is_stored_and_evaluated_once(tmp_path, mosquitto, central):
     running, db = central
     topic = mqtt.obs_topic(ORG, "gw-1")

@@ -14,6 +14,8 @@ import msgspec
 import pluggy
 import pytest
 import sqlite_utils
+from hypothesis import given
+from hypothesis import strategies as st
 
 from telemon import hookspecs, store
 from telemon.hookspecs import hookimpl
@@ -136,6 +138,17 @@ def test_observation_round_trips_exactly(db, path):
     assert json.loads(bp_row["components"])[2]["absent"] == "not-a-number"
     assert json.loads(bp_row["context"])["position"] == "sitting"
     assert committed(path, "SELECT count(*) FROM observations") == [(3,)]
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_utc_text_is_fixed_width_utc_isoformat(moment):
+    """The fast formatter gives exactly isoformat's text, so text order stays time order."""
+    assert store.utc_text(moment) == moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def test_utc_text_refuses_a_naive_time():
+    with pytest.raises(ValueError, match="naive time cannot be stored"):
+        store.utc_text(datetime(2026, 1, 1))
 
 
 def test_unknown_observation_is_a_key_error(db):

@@ -94,6 +94,25 @@ def test_a_batch_keeps_the_good_items_and_reports_each_bad_one():
     assert "decimal" in error.reason.lower()
 
 
+def test_a_good_batch_of_every_record_type_decodes_whole():
+    """Read in one pass, it gives what reading each item on its own gives."""
+    decoded = wire.decode_message(wire.encode_batch(RECORDS))
+    assert decoded.records == [wire.decode(wire.encode(r)) for r in RECORDS] == RECORDS
+    assert decoded.errors == []
+
+
+@pytest.mark.parametrize("change, path, reason", [
+    ({"v": 2}, "$.v", "unsupported wire version 2"),
+    ({"extra": 1}, "$", "unknown field `extra`"),
+])
+def test_a_batch_not_of_this_wire_version_or_form_is_refused_whole(change, path, reason):
+    batch = {**json.loads(wire.encode_batch([observation()])), **change}
+    decoded = wire.decode_message(json.dumps(batch).encode())
+    assert decoded.records == []
+    [error] = decoded.errors
+    assert (error.path, reason in error.reason) == (path, True), error
+
+
 @pytest.mark.parametrize("mutate, path, reason", [
     (lambda d: d.pop("v"), "$.v", "missing wire version"),
     (lambda d: d.update(v=2), "$.v", "unsupported wire version 2 (this telemon speaks 1)"),
