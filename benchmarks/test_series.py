@@ -9,7 +9,9 @@ per-call costs (checks, allocation) weigh as much as the loop.
 
 pandas is optional (`pip install telemon[bench]`); its rows are skipped without it. NumPy has
 no recurrence primitive, so for EWMA, MACD and CUSUM the NumPy peer is the reference itself (a
-Python loop over a NumPy array).
+Python loop over a NumPy array). The EWMA and MACD groups of a year of samples also time a
+"memory floor": copying the input to as many new columns as the kernel returns, which is
+what any such function must at least do, so pandas' time over it bounds the attainable ratio.
 """
 
 import numpy as np
@@ -175,6 +177,15 @@ def test_ewma_pandas(benchmark, spo2_pandas, spo2_series):
     assert_close(result.to_numpy(), compiled.ewma(spo2_series, ALPHA), rtol=1e-12)
 
 
+@pytest.mark.benchmark(group=EWMA)
+def test_ewma_memory_floor_copy(benchmark, spo2_series):
+    """Not an EWMA: a copy of the input, the memory traffic (read one column, write one) of
+    any EWMA that returns a new array. pandas' time over this is the most any can gain."""
+    result = benchmark(np.copy, spo2_series)
+    assert result is not spo2_series
+    np.testing.assert_array_equal(result, spo2_series)
+
+
 # --- MACD ---------------------------------------------------------------------------------------
 
 MACD = "MACD 12/26/9, 525,600 samples"
@@ -216,6 +227,15 @@ def test_macd_pandas(benchmark, spo2_pandas, spo2_series):
     result = benchmark(pandas_macd, spo2_pandas)
     for got, expected in zip(result, compiled.macd(spo2_series, *MACD_ALPHAS), strict=True):
         assert_close(got.to_numpy(), expected, rtol=1e-9)
+
+
+@pytest.mark.benchmark(group=MACD)
+def test_macd_memory_floor_three_columns(benchmark, spo2_series):
+    """Not a MACD: the input written to three new columns, the memory traffic of any MACD
+    that returns its three lines as new arrays."""
+    result = benchmark(np.repeat, spo2_series[None, :], 3, axis=0)
+    assert result.shape == (3, spo2_series.size)
+    np.testing.assert_array_equal(result[2], spo2_series)
 
 
 # --- CUSUM --------------------------------------------------------------------------------------
