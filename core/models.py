@@ -227,8 +227,8 @@ class Evaluation(Record, tag="evaluation"):
     and the limits in force, kept with it (the national infrastructure copies the ranges into
     every observation). `code` is the measure key (telemon.codes), e.g. "bp_sys" for the
     systolic component of a blood pressure. `limits_source` says where the limits came from:
-    "patient v<N>" (the patient's own, version N), "organisation" (the central's config) or
-    "module" (the module's defaults)."""
+    "patient v<N>" (the patient's own, version N), "organisation v<N>" (the organisation's
+    default, version N: `telemon limits defaults`) or "module" (the module's defaults)."""
 
     observation: Id
     patient: Id
