@@ -692,7 +692,7 @@ def store_evaluations(db: sqlite_utils.Database, evaluations: Iterable[Evaluatio
     rows = [(e.observation, e.module, e.code, e.severity, text(e.limits, _json),
              e.limits_source, text(e.evaluated, utc_text)) for e in evaluations]
     # in key order, the unique index is walked once instead of entered at random per row
-    # (the observation ids are random): a third less time for a group of ingest
+    # (the observation ids are random): about a third less time for a group of 10,000
     rows.sort()
     with transaction(db):
         db.conn.executemany(
@@ -815,7 +815,7 @@ def utc_text(moment: datetime) -> str:
     if moment.tzinfo is not UTC:
         moment = moment.astimezone(UTC)
     # msgspec writes a UTC time as "YYYY-MM-DDTHH:MM:SS[.ffffff]Z" (six digits, or none for
-    # a whole second) in a fraction of isoformat's time, which was a tenth of ingest
+    # a whole second) in a seventh of isoformat's time, which was a tenth of the central's
     text = _json_encoder.encode(moment)
     if len(text) == 22:
         return text[1:20].decode() + ".000000+00:00"
