@@ -320,7 +320,7 @@ def test_ingest(benchmark, broker, central_config, tmp_path_factory, shape, peer
                        iterations=1, setup=lambda: backlog(broker.port, shape, peer))
     forget_session(SESSIONS[peer], broker.port)
     benchmark.extra_info["drain_seconds"] = drains
-    assert len(drains) == ROUNDS and min(drains) > 0
+    assert drains and min(drains) > 0  # one round when benchmarks are disabled
     if not benchmark.disabled:
         RESULTS[(shape, peer)] = observations_per_second(shape, min(drains))
 
