@@ -4,7 +4,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import click
 import pytest
+
+from telemon import admin
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -20,6 +23,14 @@ def write_central_toml(folder: Path, tables: str = "", *, broker: str = "mqtt://
                     f'[broker]\nurl = "{broker}"\n[storage]\npath = "{folder / storage}"\n'
                     + textwrap.dedent(tables))
     return path
+
+
+def admin_cli() -> click.Group:
+    """A `telemon` group of the administration commands (telemon.admin.COMMANDS)."""
+    group = click.Group(name="telemon")
+    for command in admin.COMMANDS:
+        group.add_command(command)
+    return group
 
 
 @pytest.fixture(autouse=True)

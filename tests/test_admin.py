@@ -11,10 +11,9 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import click
 import pytest
 from click.testing import CliRunner
-from conftest import write_central_toml
+from conftest import admin_cli, write_central_toml
 
 from telemon import admin, alarms, plugin_manager, store
 from telemon.codes import KNOWN
@@ -252,10 +251,7 @@ def test_audit_entries_by_patient_and_time(db):
 
 @pytest.fixture
 def cli():
-    group = click.Group(name="telemon")
-    for command in admin.COMMANDS:
-        group.add_command(command)
-    return group
+    return admin_cli()
 
 
 @pytest.fixture

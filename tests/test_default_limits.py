@@ -15,11 +15,10 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import click
 import msgspec
 import pytest
 from click.testing import CliRunner
-from conftest import write_central_toml
+from conftest import admin_cli, write_central_toml
 from test_alarms import ORG, T0, enrol, evaluations, ingest, reading, unresolved
 
 from telemon import admin, alarms, config, plugin_manager, roles, store
@@ -171,9 +170,7 @@ def test_another_organisations_defaults_are_not_used(engine, db):
 
 @pytest.fixture
 def run(tmp_path):
-    cli = click.Group(name="telemon")
-    for command in admin.COMMANDS:
-        cli.add_command(command)
+    cli = admin_cli()
     path = write_central_toml(tmp_path, "[modules.copd]\nenabled = true\n")
 
     def invoke(*args: str, by: str | None = "lead-a"):

@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import click
 import pytest
 from click.testing import CliRunner
-from conftest import write_central_toml
+from conftest import admin_cli, write_central_toml
 
 from telemon import admin, alarms, config, nursing, plugin_manager, roles, store
 from telemon.models import Alarm, AlarmEvent, LimitSet
@@ -237,9 +236,7 @@ def test_the_dashboard_shows_a_refusal_in_one_line(staffed, tmp_path):
 
 @pytest.fixture
 def run(tmp_path):
-    cli = click.Group(name="telemon")
-    for command in admin.COMMANDS:
-        cli.add_command(command)
+    cli = admin_cli()
     central_toml = write_central_toml(tmp_path, "[modules.copd]\nenabled = true\n")
 
     def invoke(*args: str, by: str):
