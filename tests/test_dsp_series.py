@@ -491,6 +491,26 @@ def test_check_series_reports_the_first_problem(kernels, times, values, expected
     assert kernels.check_series(arr(times), arr(values)) == expected
 
 
+@pytest.mark.parametrize("at", [0, 1, 2, 3, 4, 1022, 1023, 1024, 1025, 2047, 2048, 4998, 4999])
+@pytest.mark.parametrize("times_at, value_at, code", [
+    (nan, 1.0, 1), (math.inf, 1.0, 1), (-math.inf, 1.0, 1), (-1.0, 1.0, 2),
+    (None, math.inf, 3), (None, -math.inf, 3),
+])
+def test_check_series_finds_a_problem_anywhere_in_a_long_series(kernels, at, times_at, value_at,
+                                                                code):
+    """The compiled check scans blocks of samples with vector instructions and rescans only
+    the block with a problem: a problem at a block's edges is still the one reported."""
+    times, values = np.arange(5000.0), np.full(5000, 93.0)
+    values[::7] = nan
+    if times_at is not None:
+        times[at] = times_at
+    values[at] = value_at
+    if code == 2 and at == 0:  # nothing before the first sample: the next one is earlier
+        code, at = 2, 1
+        times[0] = 1.5
+    assert kernels.check_series(times, values) == (code, at)
+
+
 @given(st.lists(st.tuples(finite_or_nan, finite_or_nan), max_size=30))
 def test_property_check_series_compiled_equals_reference(compiled, pairs):
     times = arr([p[0] for p in pairs])
