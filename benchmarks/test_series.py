@@ -264,12 +264,67 @@ def test_cusum_reference_python_loop(benchmark, spo2_series):
         np.testing.assert_array_equal(got, expected)
 
 
+# CUSUM without restarts: the statistic alone, as pandas and NumPy compute it. Until the first
+# alarm, max(0, S + s) over the steps s equals C - min(0, running min of C) with C their
+# cumulative sum, which both do in whole-array passes; a restart after each alarm they cannot.
+# So h is out of reach here (no alarm, no restart) and the results agree to the cumulative
+# sum's rounding.
+
+CUSUM_PAGE_GROUP = "CUSUM statistic, two-sided k=0.5 without restarts, 525,600 samples"
+NO_RESTART = (CUSUM["mu"], CUSUM["sigma"], CUSUM["k"], 1e18, True, True)
+
+
+def numpy_cusum(values):
+    z = (values - CUSUM["mu"]) / CUSUM["sigma"]
+
+    def side(steps):
+        c = np.cumsum(np.where(np.isnan(steps), 0.0, steps))
+        return c - np.minimum(np.minimum.accumulate(c), 0.0)
+
+    return side(z - CUSUM["k"]), side(-z - CUSUM["k"])
+
+
+def pandas_cusum(series):
+    z = (series - CUSUM["mu"]) / CUSUM["sigma"]
+
+    def side(steps):
+        c = steps.fillna(0.0).cumsum()
+        return c - c.cummin().clip(upper=0.0)
+
+    return side(z - CUSUM["k"]), side(-z - CUSUM["k"])
+
+
+def assert_same_statistic(got, values):
+    upper, lower, alarm = compiled.cusum(values, *NO_RESTART)
+    assert not alarm.any()
+    for side, expected in zip(got, (upper, lower), strict=True):
+        side = side.to_numpy() if hasattr(side, "to_numpy") else side
+        np.testing.assert_allclose(side, expected, rtol=0, atol=1e-8)
+
+
+@pytest.mark.benchmark(group=CUSUM_PAGE_GROUP)
+def test_cusum_no_restart_compiled(benchmark, spo2_series):
+    result = benchmark(compiled.cusum, spo2_series, *NO_RESTART)
+    assert result[0].max() > 5  # would have alarmed at h=5
+
+
+@pytest.mark.benchmark(group=CUSUM_PAGE_GROUP)
+def test_cusum_no_restart_pandas_cumsum(benchmark, spo2_pandas, spo2_series):
+    assert_same_statistic(benchmark(pandas_cusum, spo2_pandas), spo2_series)
+
+
+@pytest.mark.benchmark(group=CUSUM_PAGE_GROUP)
+def test_cusum_no_restart_numpy_cumsum(benchmark, spo2_series):
+    assert_same_statistic(benchmark(numpy_cusum, spo2_series), spo2_series)
+
+
 # --- the alarm engine's working size: 5,000 samples ----------------------------------------------
 
 ENGINE = f"{MAX_SERIES:,} samples, alarm engine size"
 ROLLING_ENGINE = f"rolling 3-day count/mean/SD/min/max, {ENGINE}"
 EWMA_ENGINE = f"EWMA span 12, {ENGINE}"
 MACD_ENGINE = f"MACD 12/26/9, {ENGINE}"
+CUSUM_ENGINE = f"CUSUM statistic, two-sided k=0.5 without restarts, {ENGINE}"
 
 
 @pytest.mark.benchmark(group=ROLLING_ENGINE)
@@ -356,3 +411,25 @@ def test_engine_macd_reference_python_loop(benchmark, engine_series):
     result = benchmark(reference.macd, engine_series, *MACD_ALPHAS)
     for got, expected in zip(result, compiled.macd(engine_series, *MACD_ALPHAS), strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.benchmark(group=CUSUM_ENGINE)
+def test_engine_cusum_no_restart_compiled(benchmark, engine_series):
+    benchmark(compiled.cusum, engine_series, *NO_RESTART)
+
+
+@pytest.mark.benchmark(group=CUSUM_ENGINE)
+def test_engine_cusum_no_restart_telemon_dsp_api(benchmark, engine_times, engine_series):
+    result = benchmark(dsp.cusum, engine_times, engine_series, mu=CUSUM["mu"],
+                       sigma=CUSUM["sigma"], k=CUSUM["k"], h=NO_RESTART[3])
+    assert_same_statistic(result[:2], engine_series)
+
+
+@pytest.mark.benchmark(group=CUSUM_ENGINE)
+def test_engine_cusum_no_restart_pandas_cumsum(benchmark, engine_pandas, engine_series):
+    assert_same_statistic(benchmark(pandas_cusum, engine_pandas), engine_series)
+
+
+@pytest.mark.benchmark(group=CUSUM_ENGINE)
+def test_engine_cusum_no_restart_numpy_cumsum(benchmark, engine_series):
+    assert_same_statistic(benchmark(numpy_cusum, engine_series), engine_series)

@@ -328,7 +328,10 @@ def macd(values, fast_alpha, slow_alpha, signal_alpha):
 class CUSUMState:
     """Tabular CUSUM on z = (x - mu) / sigma per non-NaN sample:
 
-        upper = max(0, upper + z - k),   lower = max(0, lower - z - k)
+        upper = max(0, upper + (z - k)),   lower = max(0, lower - (z + k))
+
+    (z - k and z + k first, so each statistic's step is one addition: the compiled kernel
+    computes them ahead, vectorised, and the statistics are bit for bit the same.)
 
     When a statistic exceeds h the sample's alarm is 1 (upper) or -1 (lower), the output
     shows the exceeding value, and the statistic restarts from 0 at the next sample. A side
@@ -349,9 +352,9 @@ class CUSUMState:
                 continue
             z = (x - self.mu) / self.sigma
             if self.use_upper:
-                self.upper = max(0.0, self.upper + z - self.k)
+                self.upper = max(0.0, self.upper + (z - self.k))
             if self.use_lower:
-                self.lower = max(0.0, self.lower - z - self.k)
+                self.lower = max(0.0, self.lower - (z + self.k))
             upper[i], lower[i] = self.upper, self.lower
             if self.upper > self.h:
                 alarm[i], self.upper = 1, 0.0
