@@ -8,10 +8,12 @@ the first MAX_SERIES samples: the most readings the alarm engine hands a trend r
 per-call costs (checks, allocation) weigh as much as the loop.
 
 pandas is optional (`pip install telemon[bench]`); its rows are skipped without it. NumPy has
-no recurrence primitive, so for EWMA, MACD and CUSUM the NumPy peer is the reference itself (a
-Python loop over a NumPy array). The EWMA and MACD groups of a year of samples also time a
-"memory floor": copying the input to as many new columns as the kernel returns, which is
-what any such function must at least do, so pandas' time over it bounds the attainable ratio.
+no recurrence primitive, so for EWMA, MACD and CUSUM with restarts the NumPy peer is the
+reference itself (a Python loop over a NumPy array); CUSUM without restarts has pandas and
+NumPy peers built on cumulative sums (below). The EWMA and MACD groups of a year of samples
+also time a "memory floor": copying the input to as many new columns as the kernel returns,
+which is what any such function must at least do, so pandas' time over it bounds the
+attainable ratio.
 """
 
 import numpy as np
