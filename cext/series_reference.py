@@ -330,8 +330,8 @@ class CUSUMState:
 
         upper = max(0, upper + (z - k)),   lower = max(0, lower - (z + k))
 
-    (z - k and z + k first, so each statistic's step is one addition: the compiled kernel
-    computes them ahead, vectorised, and the statistics are bit for bit the same.)
+    (z - k and z + k first, off the statistics' dependency chains, which are then one add
+    and one max a sample; the compiled kernel does the same, bit for bit.)
 
     When a statistic exceeds h the sample's alarm is 1 (upper) or -1 (lower), the output
     shows the exceeding value, and the statistic restarts from 0 at the next sample. A side
